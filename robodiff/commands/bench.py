@@ -1,0 +1,30 @@
+"""`robodiff bench data|train|inference [key=value ...] [--json]`."""
+
+from __future__ import annotations
+
+import importlib
+
+from robodiff.errors import UserError
+
+HELP = """
+usage: robodiff bench data|train|inference [key=value ...] [--json]
+
+  data       windows per second through the DataLoader (image and low-dim stores) vs a plain
+             per-window zarr read
+  train      training samples per second (image and low-dim policies) vs a straightforward
+             implementation of the same network
+  inference  p50/p99 latency of predict_action_chunk at batch 1 (CPU, and CUDA when present)
+             vs a straightforward eager implementation
+
+Each writes its figures to stdout; `--json` prints them as one JSON object on the last line.
+Keys: see `robodiff/conf/bench_<name>.yaml`.
+"""
+
+BENCHES = ("data", "train", "inference")
+
+
+def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
+    if len(args) != 1 or args[0] not in BENCHES:
+        raise UserError(f"choose one of: {', '.join(BENCHES)} (e.g. `robodiff bench data`)")
+    module = importlib.import_module(f"robodiff.bench.{args[0]}")
+    return module.run(overrides, flags)

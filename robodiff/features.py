@@ -1,0 +1,69 @@
+"""Feature descriptions: every array a robot, dataset or policy exchanges is described by data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from robodiff.errors import UserError
+
+KINDS = ("image", "lowdim", "action", "timestamp")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One named array per step: `kind` says how it is treated, `shape` excludes the time axis."""
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    names: tuple[str, ...] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"feature kind '{self.kind}' is not one of {', '.join(KINDS)}")
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "dtype", str(np.dtype(self.dtype)))
+        if self.kind == "image" and (len(self.shape) != 3 or self.dtype != "uint8"):
+            raise UserError(f"image features are uint8 HWC, got shape {list(self.shape)} dtype {self.dtype}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "shape": list(self.shape), "dtype": self.dtype}
+        if self.names:
+            out["names"] = list(self.names)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Feature":
+        names = d.get("names")
+        return cls(kind=d["kind"], shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
+                   names=tuple(names) if names else None)
+
+
+Features = dict[str, Feature]
+
+
+def features_to_dict(features: Features) -> dict[str, dict[str, Any]]:
+    return {name: f.to_dict() for name, f in features.items()}
+
+
+def features_from_dict(d: dict[str, dict[str, Any]]) -> Features:
+    return {name: Feature.from_dict(v) for name, v in d.items()}
+
+
+def infer_feature(name: str, arr: np.ndarray) -> Feature:
+    """Guess a feature from an array with a leading time axis (used by importers)."""
+    shape = tuple(arr.shape[1:])
+    if name == "timestamp":
+        return Feature("timestamp", shape, "float64")
+    if name == "action":
+        return Feature("action", shape, "float32")
+    if len(shape) == 3 and shape[-1] in (1, 3, 4):
+        return Feature("image", shape, "uint8")
+    return Feature("lowdim", shape, "float32")
+
+
+def of_kind(features: Features, *kinds: str) -> list[str]:
+    return [k for k, f in features.items() if f.kind in kinds]

@@ -1,0 +1,135 @@
+"""The hardware seams: `Robot`, `Camera`, `Teleop`. A MuJoCo sim and a physical arm are both Robots.
+
+Feature descriptions are known before connecting, so a policy or a dataset can be checked against a
+robot without touching hardware. Connection guards turn misuse into a clear error.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from robodiff.errors import UserError
+from robodiff.features import Features
+
+
+class NotConnectedError(UserError):
+    pass
+
+
+class AlreadyConnectedError(UserError):
+    pass
+
+
+class StaleFrameError(RuntimeError):
+    """A camera's latest frame is older than the caller accepts."""
+
+
+class Device(abc.ABC):
+    """Connection guard and context manager shared by robots, cameras and teleop devices."""
+
+    name: str = "device"
+
+    def __init__(self) -> None:
+        self._connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def connect(self) -> None:
+        if self._connected:
+            raise AlreadyConnectedError(f"{self.name} is already connected")
+        self._connect()
+        self._connected = True
+
+    def disconnect(self) -> None:
+        if not self._connected:
+            raise NotConnectedError(f"{self.name} is not connected")
+        try:
+            self._disconnect()
+        finally:
+            self._connected = False
+
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise NotConnectedError(f"{self.name} is not connected (call connect() or use `with`)")
+
+    @abc.abstractmethod
+    def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def _disconnect(self) -> None: ...
+
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._connected:
+            self.disconnect()
+
+
+class Camera(Device):
+    """A threaded reader: `read_latest` never blocks the control loop and raises on a stale frame."""
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, int, int]: ...
+
+    @abc.abstractmethod
+    def read_latest(self, max_age_s: float | None = None) -> tuple[np.ndarray, float]:
+        """(uint8 HWC frame, its capture timestamp in seconds)."""
+
+
+class Robot(Device):
+    """get_observation() -> dict with `timestamp`; send_action(a) -> what was really sent."""
+
+    @property
+    @abc.abstractmethod
+    def observation_features(self) -> Features: ...
+
+    @property
+    @abc.abstractmethod
+    def action_features(self) -> Features: ...
+
+    def get_observation(self) -> dict[str, Any]:
+        self._require_connected()
+        return self._get_observation()
+
+    def send_action(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._require_connected()
+        return self._send_action(action)
+
+    @abc.abstractmethod
+    def _get_observation(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def _send_action(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def hold(self) -> None:
+        """Stop moving: command the current position (the safe default on any fault)."""
+        self._require_connected()
+        self._hold()
+
+    def _hold(self) -> None:
+        obs = self._get_observation()
+        if "state" in obs:
+            self._send_action({"action": np.asarray(obs["state"])[: self.action_features["action"].shape[0]]})
+
+
+class Teleop(Device):
+    """A source of actions: keyboard, SpaceMouse, gamepad, leader arm, scripted expert."""
+
+    @property
+    @abc.abstractmethod
+    def action_features(self) -> Features: ...
+
+    def get_action(self, observation: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        self._require_connected()
+        return self._get_action(observation)
+
+    @abc.abstractmethod
+    def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]: ...
