@@ -1,0 +1,170 @@
+"""The main job in one call: expert demos -> image diffusion policy -> evaluation -> report.md.
+
+Every stage writes under a `.partial` name and is renamed when complete, so an interrupted run
+never leaves a store or a run dir that later looks finished; a rerun starts those stages again and
+reuses the ones that completed with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from robodiff.config import compose
+
+
+def log(msg: str) -> None:
+    print(f"[quickstart] {msg}", file=sys.stderr, flush=True)
+
+
+def _stage_done(path: Path, settings: dict[str, Any]) -> bool:
+    marker = path / "quickstart_stage.json"
+    return marker.is_file() and json.loads(marker.read_text()) == settings
+
+
+def _finish_stage(partial: Path, final: Path, settings: dict[str, Any]) -> None:
+    (partial / "quickstart_stage.json").write_text(json.dumps(settings))
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+
+
+def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
+    from robodiff.sim.collect import collect
+
+    final = out / "demos"
+    settings = {"task": cfg.task, "demos": cfg.demos, "seed": cfg.seed}
+    if _stage_done(final, settings):
+        log(f"reusing {cfg.demos} demonstrations in {final}")
+        return final / "demos.zarr", {"reused": True}
+    partial = out / "demos.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    log(f"collecting {cfg.demos} expert demonstrations of {cfg.task}")
+    summary = collect(task=cfg.task, teleop="expert", episodes=cfg.demos, out=partial / "demos.zarr",
+                      seed=cfg.seed)
+    _finish_stage(partial, final, settings)
+    return final / "demos.zarr", summary
+
+
+def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
+    from robodiff.train.trainer import train
+
+    final = out / "run"
+    overrides = [f"task={cfg.task}", f"dataset={store}", f"policy={cfg.policy}",
+                 f"training.steps={cfg.train_steps}", f"training.batch_size={cfg.batch_size}",
+                 f"training.seed={cfg.seed}", f"device={cfg.device}", *cfg.policy_overrides]
+    settings = {"overrides": overrides}
+    if _stage_done(final, settings):
+        log(f"reusing the trained policy in {final}")
+        summary = json.loads((final / "quickstart_train.json").read_text())
+        return {**summary, "run_dir": str(final), "reused": True}
+    partial = out / "run.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    train_cfg = compose("train", [*overrides, f"run_dir={partial}"])
+    log("training: " + " ".join(overrides[1:]))
+    summary = train(train_cfg)
+    (partial / "quickstart_train.json").write_text(json.dumps(summary, default=str))
+    _finish_stage(partial, final, settings)
+    return {**summary, "run_dir": str(final)}
+
+
+def evaluate_policy(cfg: DictConfig, out: Path, run_dir: Path) -> dict[str, Any]:
+    from robodiff.sim.evaluate import evaluate
+
+    eval_dir = out / "eval"
+    shutil.rmtree(eval_dir, ignore_errors=True)
+    log(f"evaluating over {cfg.eval.episodes} seeded episodes")
+    return evaluate(task=cfg.task, checkpoint=str(run_dir), episodes=cfg.eval.episodes,
+                    seed=cfg.eval.seed, n_envs=cfg.eval.n_envs, out=str(eval_dir),
+                    n_videos=cfg.eval.n_videos)
+
+
+def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Path,
+                 evaluation: dict[str, Any]) -> Path:
+    lo, hi = evaluation.get("ci95", [None, None])
+
+    def rel(path: str | Path) -> str:
+        return Path(path).resolve().relative_to(out.resolve()).as_posix()
+
+    lines = [
+        f"# robodiff quickstart: {cfg.task}",
+        "",
+        f"- success rate: **{evaluation['success_rate']:.2f}** over {evaluation['episodes']} episodes"
+        + (f" (95 % interval {lo:.2f}-{hi:.2f})" if lo is not None else ""),
+        f"- mean score: {evaluation['mean_score']:.3f}",
+        f"- demonstrations: {result['demos']} ({result['demo_frames']} frames)",
+        f"- training: {result['train_steps']} steps in {result['train_seconds']:.0f} s",
+        f"- total time: {result['total_seconds']:.0f} s",
+        "",
+        "## Loss curve",
+        "",
+        f"![loss]({rel(run_dir / 'loss.png')})",
+        "",
+        "## Success by episode",
+        "",
+        f"![eval]({rel(Path(evaluation['out']) / 'eval.png')})",
+        "",
+        "## Rollout videos",
+        "",
+        *[f"- [{Path(v).name}]({rel(v)})" for v in evaluation.get("videos", [])],
+        "",
+        "## Reproduce step by step",
+        "",
+        "```",
+        f"robodiff collect task={cfg.task} teleop=expert episodes={cfg.demos} seed={cfg.seed} "
+        f"out={out / 'demos' / 'demos.zarr'}",
+        f"robodiff train task={cfg.task} dataset={out / 'demos' / 'demos.zarr'} policy={cfg.policy} "
+        f"training.steps={cfg.train_steps} training.batch_size={cfg.batch_size} "
+        + " ".join(cfg.policy_overrides),
+        f"robodiff eval task={cfg.task} checkpoint={run_dir} episodes={cfg.eval.episodes}",
+        "```",
+        "",
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    store, _ = collect_demos(cfg, out)
+    from robodiff.data.store import EpisodeStore
+
+    with EpisodeStore.open(store) as s:
+        demos, demo_frames = s.n_episodes, s.n_frames
+    t_train = time.monotonic()
+    training = train_policy(cfg, out, store)
+    train_seconds = float(training.get("train_seconds", time.monotonic() - t_train))
+    run_dir = Path(training["run_dir"])
+    evaluation = evaluate_policy(cfg, out, run_dir)
+    result = {
+        "success_rate": evaluation["success_rate"],
+        "mean_score": evaluation["mean_score"],
+        "ci95": evaluation.get("ci95"),
+        "demos": demos,
+        "demo_frames": demo_frames,
+        "train_steps": training.get("steps"),
+        "train_seconds": train_seconds,
+        "eval_episodes": evaluation["episodes"],
+        "total_seconds": time.monotonic() - t0,
+        "run_dir": str(run_dir),
+        "out": str(out),
+    }
+    result["report"] = str(write_report(out, cfg, result, run_dir, evaluation))
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def quickstart_config(overrides: list[str]) -> DictConfig:
+    cfg = compose("quickstart", overrides)
+    OmegaConf.resolve(cfg)
+    return cfg

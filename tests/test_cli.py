@@ -1,0 +1,62 @@
+"""The command-line contract: every command listed and helpful; user errors are one line, exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robodiff.cli import COMMANDS, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robodiff.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"  {name}" in out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"robodiff {command}" in out
+
+
+def test_unknown_command_is_one_line_error():
+    proc = run_cli("fly")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown command 'fly'" in proc.stderr
+
+
+def test_unknown_flag_is_one_line_error():
+    proc = run_cli("bench", "data", "--fast")
+    assert proc.returncode == 2
+    assert "--fast" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_requires_a_known_bench():
+    proc = run_cli("bench", "everything", "--json")
+    assert proc.returncode == 2
+    assert "data, train, inference" in proc.stderr
+
+
+def test_json_is_last_stdout_line_for_dataset_info(tmp_path):
+    import numpy as np
+
+    from robodiff.data.store import EpisodeStore
+    from robodiff.features import Feature
+
+    store = EpisodeStore.create(tmp_path / "s.zarr", {"state": Feature("lowdim", (2,)),
+                                                      "action": Feature("action", (2,))}, fps=10)
+    store.append_episode({"state": np.zeros((5, 2)), "action": np.ones((5, 2))})
+    proc = run_cli("dataset", "info", str(tmp_path / "s.zarr"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["episodes"] == 1 and info["frames"] == 5
