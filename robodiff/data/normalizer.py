@@ -7,6 +7,7 @@ state dict: callers never normalize by hand.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,20 +65,27 @@ def compute_stats(store: EpisodeStore, keys: list[str], rows_per_read: int = 655
     return stats
 
 
+def _fingerprint(store: EpisodeStore) -> str:
+    """Changes when episodes are added or the store is recreated (its `id`, else its ends)."""
+    ends = hashlib.sha1(store.episode_ends.tobytes()).hexdigest()[:16]
+    return f"{store.id or 'foreign'}:{store.n_frames}:{ends}"
+
+
 def cached_stats(store: EpisodeStore, keys: list[str]) -> dict[str, dict]:
-    """Stats cached next to the store, keyed by its committed frame count (recomputed if it grew)."""
+    """Stats cached next to the store; recomputed when the store grew or was recreated."""
     cache = Path(str(store.path) + ".stats.json")
     wanted = set(keys)
+    fingerprint = _fingerprint(store)
     if cache.exists():
         try:
             cached = json.loads(cache.read_text())
-            if cached.get("frames") == store.n_frames and wanted <= set(cached["stats"]):
+            if cached.get("fingerprint") == fingerprint and wanted <= set(cached["stats"]):
                 return {k: cached["stats"][k] for k in keys}
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             pass
     stats = compute_stats(store, keys)
     try:
-        cache.write_text(json.dumps({"frames": store.n_frames, "stats": stats}))
+        cache.write_text(json.dumps({"fingerprint": fingerprint, "stats": stats}))
     except OSError:
         pass  # a read-only dataset location still trains; the pass is just repeated next time
     return stats
@@ -97,6 +105,8 @@ class Normalizer(nn.Module):
             shape = features[key].shape
             scale, offset = np.ones(shape), np.zeros(shape)
             if stats is not None:
+                if key not in stats:
+                    raise UserError(f"normalizer stats have no entry for '{key}'")
                 scale, offset = self._affine(stats[key])
             self.register_buffer(f"scale_{key}", torch.as_tensor(scale, dtype=torch.float32))
             self.register_buffer(f"offset_{key}", torch.as_tensor(offset, dtype=torch.float32))

@@ -1,0 +1,162 @@
+"""`robodiff bench data`: training windows per second through a DataLoader.
+
+Two stores are built in a temporary directory (images: 2 cameras 96x96 with noise, so that the
+compression ratio is realistic; low-dim), and each is read through the same DataLoader twice:
+with `WindowDataset`, and with the straightforward reader most codebases start from (index the
+zarr arrays per window and per key over the whole horizon, pad in numpy, no caching).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from robodiff.config import compose, validate
+from robodiff.data.dataset import WindowDataset
+from robodiff.data.store import EpisodeStore
+from robodiff.data.windows import WindowIndex
+from robodiff.features import Feature
+
+
+@dataclass
+class BenchDataConfig:
+    episodes: int = 50
+    steps: int = 100
+    cameras: int = 2
+    image_size: int = 96
+    noise: float = 2.0
+    lowdim_episodes: int = 200
+    state_dim: int = 20
+    action_dim: int = 10
+    batch_size: int = 64
+    num_workers: int = 2
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    seconds: float = 6.0
+    seed: int = 0
+    dir: str | None = None
+
+
+class PlainWindowReader(Dataset):
+    """The baseline: every key read over the whole window straight from zarr, padded in numpy."""
+
+    def __init__(self, path: Path, keys: list[str], index: WindowIndex):
+        self.path, self.keys, self.index = path, keys, index
+        self.arrays: dict[str, zarr.Array] | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.arrays is None:
+            root = zarr.open_group(str(self.path), mode="r")
+            self.arrays = {k: root["data"][k] for k in self.keys}
+        first, begin, end = (int(self.index.starts[i]), int(self.index.ep_start[i]), int(self.index.ep_end[i]))
+        lo, hi = max(first, begin), min(first + self.index.horizon, end)
+        out = {}
+        for key, arr in self.arrays.items():
+            window = arr[lo:hi]
+            window = np.concatenate([np.repeat(window[:1], lo - first, axis=0), window,
+                                     np.repeat(window[-1:], first + self.index.horizon - hi, axis=0)])
+            out[key] = torch.from_numpy(window)
+        return out
+
+
+def _smooth_noisy_images(rng: np.random.Generator, n: int, size: int, noise: float) -> np.ndarray:
+    # A moving gradient plus sensor-like noise: compresses like camera frames, unlike pure noise.
+    # Chunks are compressed one frame each, so cycling a few noise fields costs no realism.
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    base = np.stack([xx, yy, (xx + yy) / 2], axis=-1) * (255.0 / size)
+    fields = rng.normal(0, noise, (8, size, size, 3)).astype(np.float32)
+    speed = rng.uniform(0.5, 2.0)
+    frames = np.empty((n, size, size, 3), np.uint8)
+    for t in range(n):
+        frames[t] = np.clip((base + t * speed) % 255 + fields[t % len(fields)], 0, 255)
+    return frames
+
+
+def build_stores(cfg: Any, root: Path) -> tuple[Path, list[str], Path]:
+    rng = np.random.default_rng(cfg.seed)
+    cams = [f"camera{c}" for c in range(cfg.cameras)]
+    image_feats = {c: Feature("image", (cfg.image_size, cfg.image_size, 3), "uint8") for c in cams}
+    image_feats["state"] = Feature("lowdim", (cfg.state_dim,), "float32")
+    image_feats["action"] = Feature("action", (cfg.action_dim,), "float32")
+    lowdim_feats = {k: image_feats[k] for k in ("state", "action")}
+    image = EpisodeStore.create(root / "image.zarr", image_feats, fps=10)
+    lowdim = EpisodeStore.create(root / "lowdim.zarr", lowdim_feats, fps=10)
+    total = cfg.episodes + cfg.lowdim_episodes
+    with tqdm(total=total, desc="building stores", unit="episode", file=sys.stderr) as bar:
+        for store, n_eps in ((image, cfg.episodes), (lowdim, cfg.lowdim_episodes)):
+            for _ in range(n_eps):
+                ep = {"state": rng.normal(size=(cfg.steps, cfg.state_dim)).astype(np.float32),
+                      "action": rng.normal(size=(cfg.steps, cfg.action_dim)).astype(np.float32)}
+                if store is image:
+                    ep.update({c: _smooth_noisy_images(rng, cfg.steps, cfg.image_size, cfg.noise) for c in cams})
+                store.append_episode(ep)
+                bar.update()
+    return root / "image.zarr", cams, root / "lowdim.zarr"
+
+
+def windows_per_second(dataset: Dataset, cfg: Any, label: str) -> float:
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                        persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
+    windows, started = 0, None
+    with tqdm(desc=label, unit="window", file=sys.stderr, leave=False) as bar:
+        while started is None or time.perf_counter() - started < cfg.seconds:
+            for batch in loader:
+                n = len(next(iter(batch.values())))
+                bar.update(n)
+                if started is None:  # the first batch pays for worker start-up
+                    started = time.perf_counter()
+                    continue
+                windows += n
+                if time.perf_counter() - started >= cfg.seconds:
+                    break
+    return windows / (time.perf_counter() - started)
+
+
+def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
+    cfg = validate(compose("bench_data", overrides), BenchDataConfig)
+    torch.manual_seed(cfg.seed)
+    root = Path(cfg.dir) if cfg.dir else Path(tempfile.mkdtemp(prefix="robodiff_bench_data_"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        image_path, cams, lowdim_path = build_stores(cfg, root)
+        windows = dict(horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps)
+        results: dict[str, Any] = {}
+        for name, path, obs in (("image", image_path, [*cams, "state"]), ("lowdim", lowdim_path, ["state"])):
+            ours = WindowDataset(path, obs, **windows)
+            plain = PlainWindowReader(path, [*obs, "action"], ours.index)
+            results[f"{name}_windows_per_s"] = windows_per_second(ours, cfg, f"{name}: WindowDataset")
+            results[f"{name}_baseline_windows_per_s"] = windows_per_second(plain, cfg, f"{name}: plain zarr")
+            results[f"{name}_speedup"] = results[f"{name}_windows_per_s"] / results[f"{name}_baseline_windows_per_s"]
+            results[f"{name}_windows"] = len(ours)
+        with EpisodeStore.open(image_path) as store:
+            raw = store.n_frames * cfg.cameras * cfg.image_size**2 * 3
+            stored = sum(f.stat().st_size for c in cams for f in (image_path / "data" / c).iterdir())
+        results["image_compression_ratio"] = raw / stored
+    finally:
+        if not cfg.dir:
+            shutil.rmtree(root, ignore_errors=True)
+    results.update(batch_size=cfg.batch_size, num_workers=cfg.num_workers, horizon=cfg.horizon,
+                   n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps,
+                   torch_threads=torch.get_num_threads())
+    print(f"{'dataset':<8} {'WindowDataset':>14} {'plain zarr':>12} {'speedup':>8}   (windows/s, batch "
+          f"{cfg.batch_size}, {cfg.num_workers} workers)")
+    for name in ("image", "lowdim"):
+        print(f"{name:<8} {results[name + '_windows_per_s']:>14.0f} {results[name + '_baseline_windows_per_s']:>12.0f} "
+              f"{results[name + '_speedup']:>7.1f}x")
+    print(f"image compression ratio {results['image_compression_ratio']:.2f}")
+    return results

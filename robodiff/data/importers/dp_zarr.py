@@ -1,0 +1,58 @@
+"""Diffusion-Policy Zarr stores (`data/<key>`, `meta/episode_ends`): directories or `.zarr.zip`."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+from numcodecs.errors import UnknownCodecError
+
+from robodiff.data.importers.source import Episode, Source, require_action
+from robodiff.data.store import EpisodeStore
+from robodiff.errors import StoreError
+
+
+def register_optional_codecs() -> None:
+    """The reference code's real-robot and robomimic image stores use imagecodecs' JPEG 2000."""
+    try:
+        from imagecodecs.numcodecs import register_codecs
+    except ImportError:
+        return
+    register_codecs()
+
+
+def read(src: Path) -> Source:
+    register_optional_codecs()
+    try:
+        store = EpisodeStore.open(src, mode="r")
+    except StoreError:
+        raise
+    except UnknownCodecError as exc:
+        raise StoreError(f"{src}: an array needs a codec that is not installed ({exc}); for "
+                         f"imagecodecs_* codecs: pip install imagecodecs") from None
+    except Exception as exc:  # zarr raises assorted types on malformed array metadata
+        raise StoreError(f"{src}: unreadable array metadata ({type(exc).__name__}: {exc})") from None
+    require_action(store.features, str(src))
+    ends = store.episode_ends
+    if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
+        raise StoreError(f"{src}: meta/episode_ends is not strictly increasing")
+    n = store.n_frames
+    for key in store.keys:
+        length = store.array(key).shape[0]
+        if length < n:
+            raise StoreError(f"{src}: data/{key} has {length} frames but meta/episode_ends "
+                             f"ends at {n} (unequal lengths)")
+    return Source(origin=str(src), features=dict(store.features), episodes=_episodes(store),
+                  total=store.n_episodes, fps=store.fps, task=store.task, robot=store.robot)
+
+
+def _episodes(store: EpisodeStore) -> Generator[Episode, None, None]:
+    try:
+        for k in range(store.n_episodes):
+            start, stop = store.episode_bounds(k)
+            # read_slice names the damaged chunk file when a chunk does not decode.
+            data = {key: store.read_slice(key, start, stop) for key in store.keys}
+            yield Episode(data, f"{store.path} episode {k}")
+    finally:
+        store.close()

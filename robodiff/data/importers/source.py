@@ -1,0 +1,128 @@
+"""What every importer produces, and the one atomic writer that turns it into an episode store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Container, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from robodiff.data.store import EpisodeStore
+from robodiff.errors import StoreError, UserError
+from robodiff.features import Feature, Features, features_to_dict
+
+
+@dataclass
+class Episode:
+    """One episode's arrays, and the file they came from (named in errors)."""
+
+    data: dict[str, np.ndarray]
+    origin: str
+
+
+@dataclass
+class Source:
+    """A dataset being imported: its features up front, its episodes as a stream."""
+
+    origin: str
+    features: Features
+    episodes: Generator[Episode, None, None]
+    total: int | None = None
+    fps: float | None = None
+    task: str | None = None
+    robot: str | None = None
+
+
+def require_action(keys: Container[str], origin: str) -> None:
+    if "action" not in keys:
+        raise UserError(f"{origin}: no 'action' array (every imported dataset needs one)")
+
+
+def check_lengths(data: dict[str, np.ndarray], origin: str) -> None:
+    lengths = {k: len(v) for k, v in data.items()}
+    if len(set(lengths.values())) > 1:
+        raise UserError(f"{origin}: arrays have unequal lengths {lengths}")
+    if next(iter(lengths.values()), 0) == 0:
+        raise UserError(f"{origin}: empty episode")
+
+
+def to_uint8_image(key: str, arr: np.ndarray, origin: str) -> np.ndarray:
+    """Images are uint8; float images holding 0..255 (the reference Push-T store) are rounded."""
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 255 or not np.isfinite([lo, hi]).all():
+            raise UserError(f"{origin}: image '{key}' holds values in [{lo:g}, {hi:g}], expected 0..255")
+        return np.rint(arr).astype(np.uint8)
+    raise UserError(f"{origin}: image '{key}' has dtype {arr.dtype}, expected uint8 or 0..255 numbers")
+
+
+def conform(episode: Episode, features: Features) -> dict[str, np.ndarray]:
+    """Check an episode against the features and cast it to their dtypes."""
+    data, origin = episode.data, episode.origin
+    missing = sorted(set(features) - set(data))
+    if missing:
+        raise UserError(f"{origin}: missing {', '.join(repr(k) for k in missing)}")
+    check_lengths({k: data[k] for k in features}, origin)
+    out = {}
+    for key, feat in features.items():
+        arr = np.asarray(data[key])
+        if tuple(arr.shape[1:]) != feat.shape:
+            raise UserError(f"{origin}: '{key}' has shape {list(arr.shape[1:])} per step, "
+                            f"earlier episodes have {list(feat.shape)}")
+        if feat.kind == "image":
+            out[key] = to_uint8_image(key, arr, origin)
+        else:
+            out[key] = arr.astype(feat.dtype, copy=False)
+    return out
+
+
+def temporary_path(dest: Path) -> Path:
+    return dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+
+
+def check_dest(dest: Path) -> None:
+    if dest.exists():
+        raise UserError(f"{dest}: already exists (choose a new destination)")
+    if dest.suffix == ".zip":
+        raise UserError(f"{dest}: imports write a directory store; drop the .zip suffix")
+
+
+def write_store(source: Source, dest: str | os.PathLike, fmt: str) -> dict[str, Any]:
+    """Stream the episodes into DEST.tmp-<pid>, then rename it to DEST (never clobbering DEST)."""
+    dest = Path(dest)
+    check_dest(dest)
+    tmp = temporary_path(dest)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    features: Features = dict(source.features)
+    try:
+        store = EpisodeStore.create(tmp, features, fps=source.fps, task=source.task, robot=source.robot)
+        with tqdm(source.episodes, total=source.total, desc=f"import {fmt}", unit="episode") as bar:
+            for episode in bar:
+                store.append_episode(conform(episode, features))
+        if store.n_episodes == 0:
+            raise UserError(f"{source.origin}: holds no episodes")
+        episodes, frames = store.n_episodes, store.n_frames
+        store.close()
+        if dest.exists():
+            raise StoreError(f"{dest}: appeared while importing; the import was discarded")
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        source.episodes.close()  # releases the source's open files even after a failure
+    return {"dest": str(dest), "format": fmt, "episodes": episodes, "frames": frames,
+            "features": features_to_dict(features)}
+
+
+def lowdim(shape: tuple[int, ...], kind: str = "lowdim", names: tuple[str, ...] | None = None) -> Feature:
+    return Feature(kind, shape, "float64" if kind == "timestamp" else "float32", names=names)
