@@ -102,5 +102,14 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def entry() -> int:
+    try:
+        return main()
+    except BrokenPipeError:
+        # `robodiff ... | head` closed the pipe: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
