@@ -1,0 +1,130 @@
+"""Task YAML (`tasks/<name>.yaml`) -> `TaskSpec`.
+
+Two kinds of task:
+- `mujoco` (default): an MJCF scene, a robot (hardware YAML) and runtime logic in robodiff/sim
+  (`logic:` names it: reset distribution, score, success, expert).
+- `gym`: any installed gymnasium env (`gym_id`), its observation keys mapped to ours with
+  `observation_map: {gym_key: our_key}` and its action fed from our `action_key`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robodiff.errors import UserError
+from robodiff.features import Feature, Features
+from robodiff.hal.hardware import load_hardware, read_yaml
+from robodiff.paths import resolve_yaml
+
+# logic name -> "module:class" implementing reset/observe/evaluate for a MuJoCo task
+LOGIC = {
+    "push_t": "robodiff.sim.push_t:PushT",
+    "push_block": "robodiff.sim.push_block:PushBlock",
+}
+
+COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features"}
+KIND_KEYS = {
+    "mujoco": COMMON_KEYS | {"logic", "scene", "robot", "success", "score", "goal", "reset", "expert"},
+    "gym": COMMON_KEYS | {"gym_id", "gym_kwargs", "observation_map", "action_key", "success_key"},
+}
+REQUIRED = {
+    "mujoco": ("name", "fps", "max_steps", "scene", "robot", "features", "logic"),
+    "gym": ("name", "fps", "max_steps", "gym_id", "observation_map"),
+}
+TIMESTAMP = Feature("timestamp", (), "float64")
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    fps: float
+    max_steps: int
+    features: Features  # observations + action + timestamp
+    observation_keys: list[str]  # every image/lowdim observation (recorded; a policy's default)
+    robot: str | None
+    scene_path: Path | None
+    config: dict[str, Any] = field(default_factory=dict)
+    kind: str = "mujoco"
+    path: Path | None = None
+
+    @property
+    def action_key(self) -> str:
+        return next(k for k, f in self.features.items() if f.kind == "action")
+
+
+def _features(raw: Any, path: Path) -> Features:
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"{path}: 'features' must map feature names to {{kind, shape, dtype}}")
+    out: Features = {}
+    for name, d in raw.items():
+        if not isinstance(d, dict) or "kind" not in d or "shape" not in d:
+            raise UserError(f"{path}: feature '{name}' needs 'kind' and 'shape'")
+        try:
+            out[str(name)] = Feature.from_dict(d)
+        except UserError as exc:
+            raise UserError(f"{path}: feature '{name}': {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{path}: feature '{name}': {exc}") from None
+    if sum(f.kind == "action" for f in out.values()) != 1:
+        raise UserError(f"{path}: 'features' must hold exactly one feature of kind 'action'")
+    return out
+
+
+def _check_against_robot(features: Features, robot: str, path: Path) -> None:
+    hw = load_hardware(robot)
+    for name, f in features.items():
+        if f.kind == "image":
+            if name not in hw.cameras:
+                raise UserError(f"{path}: image feature '{name}' is not a camera of robot '{robot}' "
+                                f"(cameras: {', '.join(hw.cameras) or 'none'})")
+            cam = hw.cameras[name]
+            if f.shape != (cam.height, cam.width, 3):
+                raise UserError(f"{path}: image feature '{name}' has shape {list(f.shape)} but robot "
+                                f"'{robot}' renders {[cam.height, cam.width, 3]}")
+        elif f.kind == "action" and f.shape != (len(hw.actuators),):
+            raise UserError(f"{path}: action feature '{name}' has shape {list(f.shape)} but robot "
+                            f"'{robot}' has {len(hw.actuators)} actuators")
+
+
+def load_task(name_or_path: str | Path) -> TaskSpec:
+    path = resolve_yaml("tasks", str(name_or_path))
+    cfg = read_yaml(path)
+    kind = cfg.get("kind", "mujoco")
+    if kind not in KIND_KEYS:
+        raise UserError(f"{path}: unknown task kind '{kind}' (known: {', '.join(KIND_KEYS)})")
+    unknown = sorted(set(cfg) - KIND_KEYS[kind])
+    if unknown:
+        raise UserError(f"{path}: unknown key '{unknown[0]}' for a {kind} task "
+                        f"(known: {', '.join(sorted(KIND_KEYS[kind]))})")
+    for key in REQUIRED[kind]:
+        if cfg.get(key) is None:
+            raise UserError(f"{path}: missing key '{key}'")
+    try:
+        fps, max_steps = float(cfg["fps"]), int(cfg["max_steps"])
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: 'fps' and 'max_steps' must be numbers") from None
+    if kind == "gym":
+        from robodiff.sim.gym_envs import gym_task_features
+
+        features = gym_task_features(cfg, path)
+        scene, robot = None, None
+    else:
+        if cfg["logic"] not in LOGIC:
+            raise UserError(f"{path}: unknown logic '{cfg['logic']}' (known: {', '.join(LOGIC)})")
+        scene = (path.parent / str(cfg["scene"])).resolve()
+        if not scene.is_file():
+            raise UserError(f"{path}: scene MJCF '{cfg['scene']}' not found ({scene})")
+        robot = str(cfg["robot"])
+        features = _features(cfg["features"], path)
+        _check_against_robot(features, robot, path)
+    features = {**features, "timestamp": TIMESTAMP}
+    obs_keys = [k for k, f in features.items() if f.kind in ("image", "lowdim")]
+    return TaskSpec(name=str(cfg["name"]), fps=fps, max_steps=max_steps, features=features,
+                    observation_keys=obs_keys, robot=robot, scene_path=scene, config=cfg,
+                    kind=kind, path=path)
+
+
+def as_task(task: str | Path | TaskSpec) -> TaskSpec:
+    return task if isinstance(task, TaskSpec) else load_task(task)

@@ -1,0 +1,90 @@
+"""The MuJoCo backend as a Robot: hardware YAML checks, guards, clamping, PD physics, pacing, cameras."""
+
+import os
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np
+import pytest
+
+from robodiff.errors import UserError
+from robodiff.hal import make_robot
+from robodiff.hal.base import AlreadyConnectedError, NotConnectedError
+from robodiff.hal.hardware import load_hardware
+
+
+def test_hardware_yaml_loads_and_rejects_bad_keys(tmp_path):
+    hw = load_hardware("sim_pusher")
+    assert hw.joints == ("agent_x", "agent_y") and hw.available
+    np.testing.assert_array_equal(hw.action_high, [512, 512])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((hw.path).read_text().replace("joints:", "jionts:"))
+    with pytest.raises(UserError, match="unknown key 'jionts'"):
+        load_hardware(str(bad))
+
+
+def test_unavailable_driver_and_unknown_name_are_clear_errors():
+    assert load_hardware("so101").raw["bus"]["baudrate"] == 1_000_000
+    with pytest.raises(UserError, match="so101.*driver 'feetech'"):
+        make_robot("so101")
+    with pytest.raises(UserError, match="unknown robot 'nope'"):
+        make_robot("nope")
+
+
+def test_guards_clamping_and_pd_step_response():
+    robot = make_robot("sim_pusher")
+    assert robot.action_features["action"].shape == (2,)  # known before connecting
+    with pytest.raises(NotConnectedError):
+        robot.get_observation()
+    with robot:
+        with pytest.raises(AlreadyConnectedError):
+            robot.connect()
+        start = robot.get_observation()
+        sent = robot.send_action({"action": np.array([100.0, -3.0])})
+        np.testing.assert_array_equal(sent["action"], [100.0, 0.0])  # clamped to the table
+        obs = robot.get_observation()
+        assert obs["timestamp"] == pytest.approx(start["timestamp"] + 0.1)
+        # critically damped PD (kp 100, kv 20 per unit mass): x(t)/x0 = 1 - (1 + 10 t) e^(-10 t)
+        assert obs["state"][0] == pytest.approx(100 * (1 - 2 * np.exp(-1)), abs=1.5)
+        for _ in range(20):
+            robot.send_action({"action": np.array([100.0, 0.0])})
+        assert robot.get_observation()["state"][0] == pytest.approx(100.0, abs=0.5)
+        held = robot.send_action({"action": np.array([np.nan, 5.0])})  # non-finite: keep target
+        np.testing.assert_array_equal(held["action"], [100.0, 0.0])
+    assert not robot.is_connected
+
+
+def test_task_robot_camera_sees_the_pusher_where_it_is():
+    robot = make_robot("push_block", seed=3)
+    # the same observations as the task's env, so a policy trained in sim deploys on it unchanged
+    assert list(robot.observation_features) == ["image", "state", "timestamp"]
+    with robot:
+        obs = robot.get_observation()
+        image = obs["image"]
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8 and image.std() > 10
+        x, y = obs["state"]
+        col, row = int(x / 512 * 96), int((512 - y) / 512 * 96)  # top camera, +y up
+        r, g, b = image[row, col].astype(int)
+        assert b > 150 and r < 120, "the blue pusher should be at its projected pixel"
+        frame, stamp = robot.cameras["image"].read_latest(max_age_s=0.5)
+        assert stamp == obs["timestamp"] and np.array_equal(frame, image)
+
+
+def test_realtime_follows_the_wall_clock():
+    robot = make_robot("push_block", realtime=True, render=False, seed=0)
+    with robot:
+        first = robot.get_observation()
+        assert abs(first["timestamp"] - time.monotonic()) < 0.1
+        robot.send_action({"action": np.array([256.0, 256.0])})
+        time.sleep(0.3)
+        obs = robot.get_observation()
+        # simulated time kept up with the wall clock while nobody called (not one control period)
+        assert obs["timestamp"] - first["timestamp"] >= 0.29
+        assert abs(obs["timestamp"] - time.monotonic()) < 0.1
+        assert np.linalg.norm(obs["state"] - first["state"]) > 20  # it moved meanwhile
+
+
+def test_missing_scene_is_named(tmp_path):
+    with pytest.raises(UserError, match="nowhere.xml"):
+        make_robot("sim_pusher", scene=str(tmp_path / "nowhere.xml"))
