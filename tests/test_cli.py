@@ -44,7 +44,7 @@ def test_unknown_flag_is_one_line_error():
 def test_bench_requires_a_known_bench():
     proc = run_cli("bench", "everything", "--json")
     assert proc.returncode == 2
-    assert "data, train, inference" in proc.stderr
+    assert "data, train, inference, sim" in proc.stderr
 
 
 def test_json_is_last_stdout_line_for_dataset_info(tmp_path):

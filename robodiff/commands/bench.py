@@ -7,7 +7,7 @@ import importlib
 from robodiff.errors import UserError
 
 HELP = """
-usage: robodiff bench data|train|inference [key=value ...] [--json]
+usage: robodiff bench data|train|inference|sim [key=value ...] [--json]
 
   data       windows per second through the DataLoader (image and low-dim stores) vs a plain
              per-window zarr read
@@ -15,12 +15,13 @@ usage: robodiff bench data|train|inference [key=value ...] [--json]
              implementation of the same network
   inference  p50/p99 latency of predict_action_chunk at batch 1 (CPU, and CUDA when present)
              vs a straightforward eager implementation
+  sim        simulated control steps per second, with and without 96x96 rendering, per task
 
 Each writes its figures to stdout; `--json` prints them as one JSON object on the last line.
 Keys: see `robodiff/conf/bench_<name>.yaml`.
 """
 
-BENCHES = ("data", "train", "inference")
+BENCHES = ("data", "train", "inference", "sim")
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
