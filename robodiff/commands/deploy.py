@@ -1,0 +1,248 @@
+"""`robodiff deploy checkpoint=PATH robot=R [executor=async] [duration_s=S] [record=PATH] [--json]`."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from robodiff.config import compose, require, to_dict, validate
+from robodiff.control.clock import Clock
+from robodiff.control.executors import EXECUTORS, make_executor, resolve_n_action_steps
+from robodiff.control.history import ObservationHistory
+from robodiff.control.runner import Runner
+from robodiff.control.safety import EStop, SafeRobot, SafetyFilter, resolve_limits
+from robodiff.data.store import EpisodeRecorder, EpisodeStore
+from robodiff.errors import ConfigError, UserError
+from robodiff.features import Feature, Features
+from robodiff.hal.base import Robot
+
+HELP = """
+usage: robodiff deploy checkpoint=PATH robot=R [executor=sync|async|ensemble] [duration_s=S]
+                       [record=PATH] [key=value ...] [--json]
+
+Runs a checkpoint on a robot in a real-time receding-horizon loop. R is a hardware YAML (name or
+path) or a simulated task name (the run then ends with the episode and reports success and score).
+
+  executor=async      inference in the background, next chunk spliced in on time (default)
+  executor=sync       inference on the control thread; the robot holds meanwhile
+  executor=ensemble   ACT temporal ensembling (unimodal policies only)
+  duration_s=S        stop after S seconds (default: until e-stop / end of the simulated episode)
+  record=PATH         save the run as one episode (observations and the actions really sent)
+  inference_delay_s=  add a delay to every inference (emulate a slower computer)
+  safety.*            limits (low, high, max_delta), watchdog_s; safety.enabled=false drops the filter
+
+E-stop: press q or space (interactive terminal), or send SIGINT/SIGTERM: the robot holds, then
+disconnects. --json prints loop statistics (period_p50_ms, period_p99_ms, period_error_p99_ms,
+overruns, inference_p50_ms, inference_p99_ms, steps, dropped_actions, stalls, success, score).
+Keys: robodiff/conf/deploy.yaml.
+"""
+
+DEFAULT_FPS = 10.0
+
+
+@dataclass
+class SafetyConfig:
+    enabled: bool = True
+    low: Optional[list[float]] = None
+    high: Optional[list[float]] = None
+    max_delta: Optional[Any] = None
+    max_delta_fraction: float = 0.1
+    watchdog_s: Optional[float] = None
+
+
+@dataclass
+class DeployConfig:
+    checkpoint: Optional[str] = None
+    robot: Optional[str] = None
+    executor: str = "async"
+    duration_s: Optional[float] = None
+    record: Optional[str] = None
+    fps: Optional[float] = None
+    n_action_steps: Optional[int] = None
+    inference_delay_s: float = 0.0
+    device: str = "cpu"
+    ema: bool = True
+    seed: int = 0
+    torch_threads: Optional[int] = None
+    realtime_priority: bool = True
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+
+def check_features(policy: Any, robot: Robot, checkpoint: str, robot_name: str) -> None:
+    """Every observation the policy reads and its action must exist on the robot, same shape."""
+    theirs = robot.observation_features
+    for key in policy.obs_keys:
+        want = policy.features[key]
+        have = theirs.get(key)
+        if have is None:
+            raise UserError(f"checkpoint {checkpoint} reads observation '{key}' that robot "
+                            f"'{robot_name}' does not provide (it has {', '.join(sorted(theirs))})")
+        if tuple(have.shape) != tuple(want.shape):
+            raise UserError(f"checkpoint {checkpoint} expects observation '{key}' of shape "
+                            f"{list(want.shape)}, robot '{robot_name}' gives {list(have.shape)}")
+    want = policy.features[policy.action_key]
+    have = robot.action_features.get("action")
+    if have is None or tuple(have.shape) != tuple(want.shape):
+        raise UserError(f"checkpoint {checkpoint} outputs action of shape {list(want.shape)}, robot "
+                        f"'{robot_name}' takes {list(have.shape) if have else 'no action'}")
+
+
+def record_features(robot: Robot) -> Features:
+    features = dict(robot.observation_features)
+    features["action"] = robot.action_features["action"]
+    features["timestamp"] = Feature("timestamp", (), "float64")
+    return features
+
+
+class TaskOutcome:
+    """A simulated task's scoring during a run: best score, success, and when the episode ends."""
+
+    def __init__(self, robot: Any, logic: Any, max_steps: int):
+        self.robot, self.logic, self.max_steps = robot, logic, int(max_steps)
+        self.steps = 0
+        self.best = 0.0
+        self.success = False
+
+    def __call__(self) -> dict[str, Any]:
+        score, success, _ = self.logic.evaluate(self.robot.model, self.robot.data)
+        self.steps += 1
+        self.best = max(self.best, float(score))
+        self.success = self.success or bool(success)
+        return {"done": self.success or self.steps >= self.max_steps, "success": self.success,
+                "score": round(self.best, 4)}
+
+
+def build_robot(name: str, seed: int) -> tuple[Robot, TaskOutcome | None]:
+    """As `make_robot(name, realtime=True)` (hardware names first), but a simulated task's robot
+    comes with its scoring, which `make_robot` does not return."""
+    from robodiff.hal import make_robot
+    from robodiff.hal.hardware import read_yaml
+    from robodiff.paths import asset_dir
+
+    path = Path(name)
+    is_file = path.suffix in (".yaml", ".yml") and path.is_file()
+    is_hardware = (asset_dir("hardware") / f"{name}.yaml").is_file() or (
+        is_file and "driver" in read_yaml(path))
+    if not is_hardware and (asset_dir("tasks") / f"{name}.yaml").is_file():
+        from robodiff.sim.env import build_task_robot
+        from robodiff.sim.tasks import load_task
+
+        task = load_task(name)
+        robot, logic = build_task_robot(task, render=True, realtime=True, seed=seed)
+        return robot, TaskOutcome(robot, logic, task.max_steps)
+    return make_robot(name, realtime=True), None
+
+
+def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str = "robot",
+           outcome: TaskOutcome | None = None, progress: bool = True,
+           estop: EStop | None = None, make_policy: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run `policy` on the (unconnected) `robot` until the duration, episode end or e-stop.
+
+    Without `estop`, one is made from SIGINT/SIGTERM (main thread) and the terminal keys.
+    `make_policy` (picklable, builds the same policy) moves background inference into its own
+    process; without it, background inference runs on a thread of this one."""
+    fps = float(cfg.fps or getattr(robot, "fps", None) or DEFAULT_FPS)
+    dt = 1.0 / fps
+    safety = cfg.safety
+    action_feature = robot.action_features["action"]
+    safety_filter = None
+    if safety.enabled:
+        limits = resolve_limits(robot, _list(safety.low), _list(safety.high),
+                                _list(safety.max_delta), safety.max_delta_fraction)
+        if limits.dim != int(np.prod(action_feature.shape)):
+            raise ConfigError(f"safety limits have {limits.dim} entries, robot '{robot_name}' "
+                              f"actions have {int(np.prod(action_feature.shape))}")
+        safety_filter = SafetyFilter(limits, dtype=action_feature.dtype)
+    watchdog_s = float(safety.watchdog_s) if safety.watchdog_s is not None else 2.5 * dt
+    resolve_n_action_steps(policy, cfg.n_action_steps)  # fail before creating the store
+    recorder = None
+    if cfg.record:
+        task = robot_name if outcome is not None else getattr(policy, "task", None)
+        store = EpisodeStore.create(Path(cfg.record), record_features(robot), fps=fps, task=task,
+                                    robot=robot_name)
+        recorder = EpisodeRecorder(store)
+    executor = make_executor(cfg.executor, policy, dt, cfg.n_action_steps, cfg.inference_delay_s,
+                             make_policy=make_policy, torch_threads=_torch_threads(cfg))
+    policy.reset()
+    own_estop = estop is None
+    estop = EStop().install() if estop is None else estop
+    try:
+        with robot:
+            safe = SafeRobot(robot, safety_filter, watchdog_s, estop)
+            runner = Runner(safe, executor, Clock(dt), ObservationHistory(policy.n_obs_steps,
+                            keys=list(policy.obs_keys)), estop, recorder=recorder,
+                            outcome=outcome, progress=progress,
+                            realtime=bool(cfg.realtime_priority) and cfg.executor != "sync")
+            stats = runner.run(cfg.duration_s)
+    finally:
+        if own_estop:
+            estop.uninstall()
+        executor.close()
+    if recorder is not None and len(recorder):
+        stats["recorded_episode"] = recorder.commit()
+        stats["record"] = str(cfg.record)
+    stats.update({"fps": fps, "watchdog_s": watchdog_s, "safety": bool(safety.enabled)})
+    return stats
+
+
+def _torch_threads(cfg: Any) -> int:
+    return int(cfg.torch_threads or max(1, (os.cpu_count() or 2) - 1))
+
+
+def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> Any:
+    """The checkpoint's policy with torch seeded: picklable, for the inference process."""
+    import torch
+
+    from robodiff.train.checkpoint import load_policy
+
+    torch.manual_seed(seed)
+    return load_policy(checkpoint, device=device, ema=ema)
+
+
+def _list(value: Any) -> Any:
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return [float(v) for v in value]
+
+
+def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any]:
+    if args:
+        raise UserError(f"unexpected argument '{args[0]}' (use checkpoint=PATH robot=R)")
+    cfg = validate(compose("deploy", overrides), DeployConfig)
+    checkpoint = str(require(cfg, "checkpoint", "deploy"))
+    robot_name = str(require(cfg, "robot", "deploy"))
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"executor '{cfg.executor}' is not one of {', '.join(EXECUTORS)}")
+    if not Path(checkpoint).exists():  # before the slow imports below
+        raise UserError(f"{checkpoint}: no such checkpoint or run directory")
+    import torch
+
+    torch.set_num_threads(_torch_threads(cfg))
+    policy = load_seeded_policy(checkpoint, cfg.device, cfg.ema, cfg.seed)
+    robot, outcome = build_robot(robot_name, cfg.seed)
+    check_features(policy, robot, checkpoint, robot_name)
+    make_policy = None
+    if cfg.executor != "sync":
+        make_policy = functools.partial(load_seeded_policy, checkpoint, cfg.device, cfg.ema, cfg.seed)
+    stats = deploy(policy, robot, cfg, robot_name=robot_name, outcome=outcome, make_policy=make_policy)
+    stats.update({"checkpoint": checkpoint, "robot": robot_name, "config": to_dict(cfg)})
+    print(_human(stats), file=sys.stderr)
+    return stats
+
+
+def _human(stats: dict[str, Any]) -> str:
+    parts = [f"{stats['steps']} steps ({stats['stop_reason']})",
+             f"period p50 {stats['period_p50_ms']} ms p99 {stats['period_p99_ms']} ms",
+             f"error p99 {stats['period_error_p99_ms']} ms", f"overruns {stats['overruns']}",
+             f"inference p50 {stats['inference_p50_ms']} ms p99 {stats['inference_p99_ms']} ms",
+             f"dropped {stats['dropped_actions']}", f"stalls {stats['stalls']}"]
+    if "success" in stats:
+        parts.append(f"success {stats['success']} score {stats.get('score')}")
+    return "deploy: " + ", ".join(parts)

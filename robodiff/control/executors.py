@@ -1,0 +1,463 @@
+"""How action chunks become one action per control tick: `sync`, `async` and `ensemble`.
+
+A policy returns a chunk `(horizon, A)` whose entry `n_obs_steps - 1` is the action for the newest
+observation, taken at `t_obs`; entry `n_obs_steps - 1 + i` is stamped `t_obs + i * dt`.
+
+- `sync`: infer on the control thread when the queue is empty, then play `n_action_steps` actions.
+  The robot holds its last target while the policy thinks (the safety watchdog holds it explicitly
+  if that takes longer than `watchdog_s`); each inference longer than a period is a stall.
+- `async`: infer in the background (a process under `robodiff deploy`, else a thread), launched when the actions left to play no longer cover
+  the measured latency (90th percentile of the recent inferences, plus a margin). When the chunk
+  arrives, its actions whose time has passed are dropped (counted) and the rest replace the plan
+  from the current tick on. If inference is slower than the whole remaining plan, the robot holds.
+- `ensemble`: ACT temporal ensembling. Inference runs back to back in the background; every tick
+  averages all chunks' predictions for that tick with weights `exp(-k * i)`, `i = 0` the oldest.
+  Averaging is only right for unimodal policies: the mean of two good modes of a diffusion policy
+  (left or right around an obstacle) is a bad action. Use it with regression-style policies.
+
+Room for real-time chunking (inpainting-guided diffusion): a policy implementing `GuidedPolicy`
+can be given the actions that will still execute while it infers (`AsyncExecutor.frozen_prefix`)
+and denoise the rest of the chunk consistently with them; an executor for it subclasses
+`AsyncExecutor` and overrides `_launch` to call `predict_action_chunk_guided`. See
+docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from robodiff.control.history import ObservationHistory
+from robodiff.errors import ConfigError
+from robodiff.policy.base import Policy
+
+EXECUTORS = ("sync", "async", "ensemble")
+INFERENCE_NICE = 10
+
+
+@runtime_checkable
+class GuidedPolicy(Protocol):
+    """The seam for real-time chunking: infer a chunk whose first actions are fixed.
+
+    `frozen` is `(k, A)`: the actions that will execute while this inference runs, `frozen[j]` at
+    `j + 1` ticks after the newest observation; the returned `(horizon, A)` chunk must reproduce
+    them at entries `n_obs_steps + j` (inpainting with guidance) and continue smoothly after them.
+    """
+
+    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray],
+                                    frozen: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TimedAction:
+    t: float
+    action: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    chunk: np.ndarray
+    t_obs: float
+    latency_s: float
+
+
+def timestamp_chunk(chunk: np.ndarray, t_obs: float, n_obs_steps: int, dt: float,
+                    n_steps: int | None = None) -> list[TimedAction]:
+    """Entries from `n_obs_steps - 1` on, stamped `t_obs + i * dt` (at most `n_steps` of them)."""
+    chunk = np.asarray(chunk)
+    if chunk.ndim != 2:
+        raise ValueError(f"a policy chunk must be (horizon, action_dim), got shape {chunk.shape}")
+    actions = chunk[n_obs_steps - 1:]
+    if n_steps is not None:
+        actions = actions[:n_steps]
+    return [TimedAction(t_obs + i * dt, a) for i, a in enumerate(actions)]
+
+
+class LatencyEstimate:
+    """Online inference latency: a high percentile of a sliding window of recent measurements."""
+
+    def __init__(self, window: int = 50, quantile: float = 0.9):
+        self.samples: deque[float] = deque(maxlen=window)
+        self.all: list[float] = []
+        self.quantile = quantile
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+        self.all.append(seconds)
+
+    def estimate(self) -> float:
+        return float(np.quantile(self.samples, self.quantile)) if self.samples else 0.0
+
+
+class BackgroundInference:
+    """One worker thread running `policy.predict_action_chunk`; one request in flight at a time.
+
+    It shares the GIL with the control loop, whose wake-ups then wait for Python code of the
+    policy to yield it; `ProcessInference` does not, and is what `robodiff deploy` uses.
+
+    `delay_s` is added to every inference (a sleep, not CPU load) to emulate a slower computer
+    in tests and benchmarks (`inference_delay_s=`).
+    """
+
+    def __init__(self, policy: Policy, delay_s: float = 0.0,
+                 now: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self.delay_s = float(delay_s)
+        self.now = now
+        self._cond = threading.Condition()
+        self._request: tuple[dict[str, np.ndarray], float] | None = None
+        self._result: ChunkResult | None = None
+        self._busy = False
+        self._closed = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def submit(self, obs_history: dict[str, np.ndarray], t_obs: float) -> None:
+        with self._cond:
+            if self._busy:
+                raise RuntimeError("an inference is already in flight")
+            self._busy = True
+            self._request = (obs_history, t_obs)
+            self._cond.notify()
+
+    def poll(self) -> ChunkResult | None:
+        if self.error is not None:
+            raise RuntimeError("policy inference failed on the background thread") from self.error
+        with self._cond:
+            result, self._result = self._result, None
+            return result
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._request is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                obs, t_obs = self._request
+                self._request = None
+            start = self.now()
+            try:
+                chunk = np.asarray(self.policy.predict_action_chunk(obs))
+                if self.delay_s > 0:
+                    time.sleep(self.delay_s)
+            except BaseException as exc:  # surfaced on the control thread by poll()
+                self.error = exc
+                self._busy = False
+                return
+            with self._cond:
+                self._result = ChunkResult(chunk, t_obs, self.now() - start)
+                self._busy = False
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Let an inference in flight finish (torch aborts the process if the interpreter exits
+        under it); a hung policy is abandoned after `timeout_s` (the thread is a daemon)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=timeout_s)
+
+
+def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
+           torch_threads: int) -> None:
+    """The inference process: build the policy, then answer one observation history at a time."""
+    # Below the control loop in the scheduler: it must wake on time, inference only needs to
+    # finish within the chunk's slack. No GIL is shared, so this cannot invert priorities.
+    os.nice(INFERENCE_NICE)
+    # Ctrl-C reaches the whole process group: the parent decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        policy = make_policy()
+    except BaseException as exc:  # reported to the parent as one line
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    torch = sys.modules.get("torch")  # set only if the policy uses torch at all
+    if torch is not None:
+        torch.set_num_threads(torch_threads)
+    conn.send(("ready", None))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        try:
+            start = time.monotonic()
+            chunk = np.asarray(policy.predict_action_chunk(request))
+            if delay_s > 0:
+                time.sleep(delay_s)
+            conn.send(("chunk", (chunk, time.monotonic() - start)))
+        except BaseException as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            return
+
+
+class ProcessInference:
+    """`BackgroundInference` in a child process (spawned): the control loop shares no GIL with
+    the policy. `make_policy` must be picklable (e.g. a `functools.partial` of a loader)."""
+
+    def __init__(self, make_policy: Callable[[], Policy], delay_s: float = 0.0,
+                 torch_threads: int = 1, start_timeout_s: float = 300.0):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, make_policy, delay_s, torch_threads),
+                                 name="robodiff-inference", daemon=True)
+        self._proc.start()
+        child.close()
+        self._busy = False
+        self._pending_t_obs = 0.0
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise RuntimeError(f"the inference process did not start within {start_timeout_s:.0f} s")
+        kind, payload = self._recv()
+        if kind != "ready":
+            self.close()
+            raise RuntimeError(f"the inference process failed to load the policy: {payload}")
+
+    def _recv(self) -> tuple[str, Any]:
+        try:
+            return self._conn.recv()
+        except EOFError:
+            return "error", f"the inference process exited (code {self._proc.exitcode})"
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def submit(self, obs_history: dict[str, np.ndarray], t_obs: float) -> None:
+        if self._busy:
+            raise RuntimeError("an inference is already in flight")
+        self._busy = True
+        self._pending_t_obs = t_obs
+        self._conn.send(obs_history)
+
+    def poll(self) -> ChunkResult | None:
+        if not self._busy or not self._conn.poll():
+            return None
+        kind, payload = self._recv()
+        if kind != "chunk":
+            raise RuntimeError(f"policy inference failed in the inference process: {payload}")
+        self._busy = False
+        # The child's own timing: polled once a tick, ours would be rounded up to the period.
+        chunk, latency_s = payload
+        return ChunkResult(chunk, self._pending_t_obs, latency_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(timeout_s)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(1.0)
+        self._conn.close()
+
+
+def resolve_n_action_steps(policy: Policy, n_action_steps: int | None) -> int:
+    n = int(n_action_steps or policy.n_action_steps)
+    most = int(policy.horizon) - int(policy.n_obs_steps) + 1
+    if not 1 <= n <= most:
+        raise ConfigError(f"n_action_steps={n} must be in 1..{most} (horizon {policy.horizon}, "
+                          f"n_obs_steps {policy.n_obs_steps})")
+    return n
+
+
+class Executor:
+    """`act(now, history, t_obs)` once per tick returns the action to send, or None (hold)."""
+
+    name = "executor"
+
+    def __init__(self, policy: Policy, dt: float, n_action_steps: int | None = None):
+        self.policy = policy
+        self.dt = float(dt)
+        self.n_obs_steps = int(policy.n_obs_steps)
+        self.horizon = int(policy.horizon)
+        self.n_action_steps = resolve_n_action_steps(policy, n_action_steps)
+        self.latency = LatencyEstimate()
+        self.inferences = 0
+        self.dropped = 0
+        # Ticks with no action to play after the first chunk arrived (the robot held).
+        self.stalls = 0
+
+    def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release background resources."""
+
+    def stats(self) -> dict[str, float | int]:
+        lat = np.asarray(self.latency.all) * 1e3
+        pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: float("nan"))
+        return {"executor": self.name, "inferences": self.inferences, "inference_p50_ms": pct(50),
+                "inference_p99_ms": pct(99), "dropped_actions": self.dropped, "stalls": self.stalls}
+
+
+class SyncExecutor(Executor):
+    name = "sync"
+
+    def __init__(self, policy: Policy, dt: float, n_action_steps: int | None = None,
+                 delay_s: float = 0.0, now: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        super().__init__(policy, dt, n_action_steps)
+        self.delay_s = float(delay_s)
+        self.now = now
+        self.sleep = sleep
+        self.queue: deque[np.ndarray] = deque()
+
+    def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
+        if not self.queue:
+            start = self.now()
+            chunk = np.asarray(self.policy.predict_action_chunk(history.stacked()))
+            if self.delay_s > 0:
+                self.sleep(self.delay_s)
+            latency = self.now() - start
+            self.latency.add(latency)
+            self.inferences += 1
+            # Here a stall is an inference that made the loop miss its next tick.
+            self.stalls += int(latency > self.dt)
+            # The robot held still meanwhile, so the plan still starts where the robot is: play it
+            # from its first step rather than skipping the steps that "passed" during inference.
+            self.queue.extend(ta.action for ta in timestamp_chunk(
+                chunk, t_obs, self.n_obs_steps, self.dt, self.n_action_steps))
+        return self.queue.popleft()
+
+
+class AsyncExecutor(Executor):
+    """See the module docstring. `backend` needs `busy`, `submit(obs, t_obs)`, `poll()`, `close()`."""
+
+    name = "async"
+
+    def __init__(self, policy: Policy, dt: float, backend: BackgroundInference,
+                 n_action_steps: int | None = None, margin_steps: int = 1):
+        super().__init__(policy, dt, n_action_steps)
+        self.backend = backend
+        self.margin_steps = int(margin_steps)
+        self.plan: deque[TimedAction] = deque()
+        self.played_from_chunk = 0
+        self.splices = 0
+
+    def lead_steps(self) -> int:
+        """Ticks that the next inference is expected to take, plus a margin."""
+        return math.ceil(self.latency.estimate() / self.dt) + self.margin_steps
+
+    def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
+        result = self.backend.poll()
+        if result is not None:
+            self.latency.add(result.latency_s)
+            self.inferences += 1
+            self._splice(result, now)
+        action = self._pop(now)
+        if not self.backend.busy and self._due():
+            self._launch(history, t_obs)
+        return action
+
+    def _due(self) -> bool:
+        lead = self.lead_steps()
+        return (not self.plan or len(self.plan) <= lead
+                or self.played_from_chunk >= self.n_action_steps - lead)
+
+    def _launch(self, history: ObservationHistory, t_obs: float) -> None:
+        self.backend.submit(history.stacked(), t_obs)
+
+    def frozen_prefix(self, now: float) -> np.ndarray:
+        """The planned actions that will run while an inference launched now is in flight."""
+        k = self.lead_steps()
+        upcoming = [ta.action for ta in self.plan if ta.t > now + self.dt / 2][:k]
+        return np.stack(upcoming) if upcoming else np.zeros((0, 0))
+
+    def _splice(self, result: ChunkResult, now: float) -> None:
+        """Replace the plan by the new chunk; `_pop` then drops its actions already past."""
+        self.plan = deque(timestamp_chunk(result.chunk, result.t_obs, self.n_obs_steps, self.dt))
+        self.played_from_chunk = 0
+        self.splices += 1
+
+    def _pop(self, now: float) -> np.ndarray | None:
+        while self.plan and self.plan[0].t < now - self.dt / 2:
+            self.plan.popleft()
+            self.dropped += 1
+        if self.plan and self.plan[0].t <= now + self.dt / 2:
+            self.played_from_chunk += 1
+            return self.plan.popleft().action
+        self.stalls += int(self.inferences > 0)
+        return None
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class EnsembleExecutor(Executor):
+    """ACT temporal ensembling over back-to-back background inferences (unimodal policies only)."""
+
+    name = "ensemble"
+
+    def __init__(self, policy: Policy, dt: float, backend: BackgroundInference,
+                 n_action_steps: int | None = None, k: float = 0.01):
+        super().__init__(policy, dt, n_action_steps)
+        self.backend = backend
+        self.k = float(k)
+        # Oldest first; each is the remaining timestamped actions of one chunk.
+        self.chunks: deque[deque[TimedAction]] = deque()
+
+    def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
+        result = self.backend.poll()
+        if result is not None:
+            self.latency.add(result.latency_s)
+            self.inferences += 1
+            self.chunks.append(deque(timestamp_chunk(result.chunk, result.t_obs, self.n_obs_steps,
+                                                     self.dt)))
+        if not self.backend.busy:
+            self.backend.submit(history.stacked(), t_obs)
+        predictions = []
+        for chunk in self.chunks:
+            while chunk and chunk[0].t < now - self.dt / 2:
+                chunk.popleft()
+                self.dropped += 1
+            if chunk and chunk[0].t <= now + self.dt / 2:
+                predictions.append(chunk.popleft().action)
+        while self.chunks and not self.chunks[0]:
+            self.chunks.popleft()
+        if not predictions:
+            self.stalls += int(self.inferences > 0)
+            return None
+        weights = np.exp(-self.k * np.arange(len(predictions)))
+        return np.tensordot(weights / weights.sum(), np.stack(predictions).astype(np.float64), axes=1)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def make_executor(name: str, policy: Policy, dt: float, n_action_steps: int | None = None,
+                  inference_delay_s: float = 0.0, now: Callable[[], float] = time.monotonic,
+                  make_policy: Callable[[], Policy] | None = None, torch_threads: int = 1) -> Executor:
+    """`make_policy` (picklable) runs background inference in its own process, else a thread."""
+    if name == "sync":
+        return SyncExecutor(policy, dt, n_action_steps, delay_s=inference_delay_s, now=now)
+    if name not in ("async", "ensemble"):
+        raise ConfigError(f"executor '{name}' is not one of {', '.join(EXECUTORS)}")
+    cls = AsyncExecutor if name == "async" else EnsembleExecutor
+    resolve_n_action_steps(policy, n_action_steps)  # a config error before a process starts
+    if make_policy is not None:
+        backend: Any = ProcessInference(make_policy, inference_delay_s, torch_threads)
+    else:
+        backend = BackgroundInference(policy, delay_s=inference_delay_s, now=now)
+    return cls(policy, dt, backend, n_action_steps)

@@ -1,0 +1,314 @@
+"""The safety layer between the runner and the robot; on by default.
+
+- `SafetyFilter`: per-step action filter. Non-finite actions are rejected (the last safe action is
+  held), targets are clamped to the robot's limits, and the change per step is bounded.
+- `EStop`: an emergency stop set by SIGINT/SIGTERM or by `q`/space on an interactive terminal.
+- `SafeRobot`: owns the robot while the loop runs. Every action goes through the filter; what it
+  returns is what `robot.send_action` returned (what was really sent, so that is what is recorded).
+  A watchdog thread holds the robot (re-commands the last safe action) when no fresh action
+  arrived within `watchdog_s` (a hung or slow policy on the control thread) and at once on an
+  e-stop, even while the control thread is blocked in inference.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from robodiff.errors import ConfigError
+from robodiff.hal.base import Robot
+
+
+@dataclass(frozen=True)
+class ActionLimits:
+    """Bounds of the `action` vector in robot units and the largest change allowed per step."""
+
+    low: np.ndarray
+    high: np.ndarray
+    max_delta: np.ndarray
+
+    def __post_init__(self) -> None:
+        low, high, delta = (np.asarray(x, dtype=np.float64).reshape(-1) for x in
+                            (self.low, self.high, self.max_delta))
+        if len(delta) == 1:
+            delta = np.repeat(delta, len(low))
+        if not (len(low) == len(high) == len(delta)):
+            raise ConfigError(f"safety limits have mismatched lengths: low {len(low)}, high {len(high)}, "
+                              f"max_delta {len(delta)}")
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low <= high)):
+            raise ConfigError(f"safety limits must be finite with low <= high (low {low.tolist()}, "
+                              f"high {high.tolist()})")
+        if not (np.all(np.isfinite(delta)) and np.all(delta > 0)):
+            raise ConfigError(f"safety.max_delta must be positive and finite, got {delta.tolist()}")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        object.__setattr__(self, "max_delta", delta)
+
+    @property
+    def dim(self) -> int:
+        return len(self.low)
+
+
+def robot_limits(robot: Robot) -> dict[str, list[float]]:
+    """The limits a robot publishes for its `action` (from its hardware YAML or task).
+
+    Read from `robot.action_limits` (a mapping with `low`, `high` and optionally `max_delta` per
+    step, or a `(low, high)` pair) or else from the parsed hardware YAML `robot.hardware`
+    (`action_low`/`action_high`, as `MujocoRobot` carries it); empty when the robot has neither.
+    """
+    raw: Any = getattr(robot, "action_limits", None)
+    if callable(raw):
+        raw = raw()
+    hardware = getattr(robot, "hardware", None)
+    if raw is None and hardware is not None and len(getattr(hardware, "action_low", ())):
+        raw = (hardware.action_low, hardware.action_high)
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        return {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in raw.items()
+                if k in ("low", "high", "max_delta") and v is not None}
+    low, high = raw
+    return {"low": np.asarray(low, np.float64).reshape(-1).tolist(),
+            "high": np.asarray(high, np.float64).reshape(-1).tolist()}
+
+
+def resolve_limits(robot: Robot, low: list[float] | None, high: list[float] | None,
+                   max_delta: list[float] | float | None, max_delta_fraction: float) -> ActionLimits:
+    """Config values win over the robot's; without a per-step bound, a fraction of the range."""
+    published = robot_limits(robot)
+    low = low if low is not None else published.get("low")
+    high = high if high is not None else published.get("high")
+    if low is None or high is None:
+        raise ConfigError(f"robot '{getattr(robot, 'name', '?')}' publishes no action limits: set "
+                          "safety.low= and safety.high= (or safety.enabled=false at your own risk)")
+    if max_delta is None:
+        max_delta = published.get("max_delta")
+    if max_delta is None:
+        max_delta = (np.asarray(high, np.float64) - np.asarray(low, np.float64)) * max_delta_fraction
+    return ActionLimits(np.asarray(low), np.asarray(high), np.asarray(max_delta))
+
+
+class SafetyFilter:
+    """Maps any proposed action to one inside the limits and within `max_delta` of the last one."""
+
+    def __init__(self, limits: ActionLimits, dtype: str = "float32"):
+        self.limits = limits
+        self.dtype = np.dtype(dtype)
+        # Bounds in the output dtype, so rounding on the cast can never step outside them.
+        self._low = limits.low.astype(self.dtype)
+        self._high = limits.high.astype(self.dtype)
+        self.last: np.ndarray | None = None
+        self.rejected = 0
+        self.clamped = 0
+        self.rate_limited = 0
+
+    def reset(self, current: np.ndarray) -> np.ndarray:
+        """Start from the robot's current position (clamped into the limits)."""
+        current = np.asarray(current, dtype=np.float64).reshape(-1)
+        if current.shape != (self.limits.dim,) or not np.all(np.isfinite(current)):
+            raise ValueError(f"current position must be {self.limits.dim} finite numbers, got {current}")
+        self.last = np.clip(current, self._low, self._high).astype(self.dtype)
+        return self.last
+
+    def __call__(self, proposed: np.ndarray | None) -> np.ndarray:
+        if self.last is None:
+            raise RuntimeError("SafetyFilter.reset(current_position) was not called")
+        if proposed is None:
+            return self.last
+        target = np.asarray(proposed, dtype=np.float64).reshape(-1)
+        if target.shape != self.last.shape or not np.all(np.isfinite(target)):
+            self.rejected += 1
+            return self.last
+        clipped = np.clip(target, self.limits.low, self.limits.high)
+        self.clamped += int(np.any(clipped != target))
+        last = self.last.astype(np.float64)
+        step = np.clip(clipped - last, -self.limits.max_delta, self.limits.max_delta)
+        self.rate_limited += int(np.any(step != clipped - last))
+        out = (last + step).astype(self.dtype)
+        # After the cast, |out - last| can exceed max_delta by one rounding step: pull it back.
+        over = np.abs(out.astype(np.float64) - last) > self.limits.max_delta
+        out[over] = np.nextafter(out[over], self.last[over])
+        self.last = np.clip(out, self._low, self._high)
+        return self.last
+
+    def stats(self) -> dict[str, int]:
+        return {"safety_rejected": self.rejected, "safety_clamped": self.clamped,
+                "safety_rate_limited": self.rate_limited}
+
+
+class EStop:
+    """Set by SIGINT/SIGTERM or by `q`/space on a terminal; `wait`/`is_set` like an Event.
+
+    A second SIGINT after the e-stop is set raises KeyboardInterrupt, so a user can always get out.
+    """
+
+    KEYS = ("q", " ")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+        self._previous: dict[int, Any] = {}
+        self._tty_thread: threading.Thread | None = None
+        self._tty_stop = threading.Event()
+        self._tty_restore: Callable[[], None] | None = None
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def trigger(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.trigger(signal.Signals(signum).name)
+
+    def install(self, signals: bool = True, terminal: bool = True) -> "EStop":
+        """Signal handlers need the main thread; the key reader needs stdin to be a TTY."""
+        if signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        if terminal and sys.stdin is not None and sys.stdin.isatty() and os.name == "posix":
+            self._start_key_reader()
+        return self
+
+    def _start_key_reader(self) -> None:
+        import termios
+        import tty
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        self._tty_restore = lambda: termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+        def read_keys() -> None:
+            while not self._tty_stop.is_set() and not self._event.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if ready and os.read(fd, 1).decode(errors="ignore").lower() in self.KEYS:
+                    self.trigger("key")
+
+        self._tty_thread = threading.Thread(target=read_keys, name="estop-keys", daemon=True)
+        self._tty_thread.start()
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        self._tty_stop.set()
+        if self._tty_thread is not None:
+            self._tty_thread.join(timeout=1.0)
+            self._tty_thread = None
+        if self._tty_restore is not None:
+            self._tty_restore()
+            self._tty_restore = None
+
+
+class SafeRobot:
+    """The only path from the control loop to the robot while it runs (see the module docstring).
+
+    `filter=None` disables the action filter (safety.enabled=false); the watchdog and e-stop stay.
+    """
+
+    def __init__(self, robot: Robot, safety_filter: SafetyFilter | None, watchdog_s: float,
+                 estop: EStop, action_key: str = "action", now: Callable[[], float] = time.monotonic):
+        if watchdog_s <= 0:
+            raise ConfigError(f"safety.watchdog_s must be positive, got {watchdog_s}")
+        self.robot = robot
+        self.filter = safety_filter
+        self.watchdog_s = float(watchdog_s)
+        self.estop = estop
+        self.action_key = action_key
+        self.now = now
+        self.lock = threading.RLock()
+        self.watchdog_trips = 0
+        self.holds = 0
+        self.last_sent: np.ndarray | None = None
+        self._last_fresh = now()
+        self._held_since_fresh = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, current_position: np.ndarray) -> None:
+        if self.filter is not None:
+            self.filter.reset(current_position)
+        dtype = self.robot.action_features[self.action_key].dtype
+        self.last_sent = np.asarray(current_position, dtype=dtype)
+        self._last_fresh = self.now()
+        self._thread = threading.Thread(target=self._watch, name="safety-watchdog", daemon=True)
+        self._thread.start()
+
+    def get_observation(self) -> dict[str, Any]:
+        with self.lock:
+            return self.robot.get_observation()
+
+    def send(self, proposed: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Filter and send one action; `None` re-sends the last safe action (hold in place)."""
+        if self.filter is not None:
+            action = self.filter(proposed)
+        elif proposed is None:
+            if self.last_sent is None:
+                raise RuntimeError("SafeRobot.start(current_position) was not called")
+            action = self.last_sent
+        else:
+            action = np.asarray(proposed)
+        with self.lock:
+            sent = self.robot.send_action({self.action_key: action})
+            self.last_sent = np.asarray(sent[self.action_key])
+            self._last_fresh = self.now()
+            self._held_since_fresh = False
+        return sent
+
+    def hold(self) -> None:
+        """The robot's own hold (command its current position). Control thread only: a robot may
+        own thread-bound resources (a simulator's GL context renders in `get_observation`)."""
+        with self.lock:
+            self.robot.hold()
+            self.holds += 1
+            self._held_since_fresh = True
+
+    def _hold_from_watchdog(self) -> None:
+        # From this thread, re-command the last safe action rather than call robot.hold(): it
+        # needs nothing but send_action, and the rate limit bounds how far the robot still moves.
+        with self.lock:
+            if self.last_sent is not None:
+                self.robot.send_action({self.action_key: self.last_sent})
+            self.holds += 1
+            self._held_since_fresh = True
+
+    def _watch(self) -> None:
+        poll = min(self.watchdog_s / 10, 0.01)
+        while not self._stop.is_set():
+            if self.estop.wait(poll):
+                if not self._held_since_fresh:
+                    self._hold_from_watchdog()
+                self._stop.wait(poll)
+                continue
+            if not self._held_since_fresh and self.now() - self._last_fresh > self.watchdog_s:
+                self.watchdog_trips += 1
+                self._hold_from_watchdog()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+
+    def stats(self) -> dict[str, int]:
+        out = {"watchdog_trips": self.watchdog_trips, "holds": self.holds}
+        if self.filter is not None:
+            out.update(self.filter.stats())
+        return out

@@ -1,0 +1,266 @@
+"""`robodiff deploy` on the real simulated push_block robot (MuJoCo, real time) with small test
+policies: sync and async runs, recording, a hanging policy held by the watchdog, e-stop by SIGINT,
+and the command line's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from robodiff.commands.deploy import DeployConfig, SafetyConfig, build_robot, check_features, deploy  # noqa: E402
+from robodiff.control.safety import EStop  # noqa: E402
+from robodiff.data.store import EpisodeStore  # noqa: E402
+from robodiff.errors import UserError  # noqa: E402
+from robodiff.features import Feature  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOTO_SOURCE = '''
+class GoToPolicy:
+    """A test double for a trained policy: chunks that walk the pusher towards `target`."""
+
+    n_obs_steps, horizon, n_action_steps = 2, 16, 8
+    obs_keys = ["state"]
+    action_key = "action"
+
+    def __init__(self, target, speed=15.0, hang_on_call=None):
+        self.target = np.asarray(target, dtype=np.float64)
+        self.speed = speed
+        self.calls = 0
+        self.hang_on_call = hang_on_call
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+        self.features = {"state": Feature("lowdim", (2,)), "action": Feature("action", (2,))}
+
+    def reset(self):
+        self.calls = 0
+
+    def predict_action_chunk(self, obs_history):
+        assert obs_history["state"].shape == (self.n_obs_steps, 2)
+        self.calls += 1
+        if self.calls == self.hang_on_call:
+            self.hanging.set()
+            self.release.wait()
+        current = obs_history["state"][-1].astype(np.float64)
+        gap = self.target - current
+        dist = float(np.linalg.norm(gap)) + 1e-9
+        steps = np.arange(self.horizon) - (self.n_obs_steps - 2)
+        return (current + gap / dist * np.minimum(dist, self.speed * steps)[:, None]).astype(np.float32)
+'''
+exec(GOTO_SOURCE)  # the subprocess test runs the same class
+
+TARGET = (100.0, 450.0)  # along the pusher's start row, clear of the block
+
+
+def _cfg(**kw) -> DeployConfig:
+    return DeployConfig(**kw)
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_deploy_moves_the_sim_robot_and_records_what_was_sent(executor, tmp_path):
+    robot, outcome = build_robot("push_block", seed=3)
+    policy = GoToPolicy(TARGET)  # noqa: F821 - defined by exec above
+    store_path = tmp_path / "run.zarr"
+    stats = deploy(policy, robot, _cfg(executor=executor, duration_s=2.0, record=str(store_path)),
+                   "push_block", outcome=outcome, progress=False)
+    for key in ("period_p50_ms", "period_p99_ms", "period_error_p99_ms", "overruns",
+                "inference_p50_ms", "inference_p99_ms", "steps", "dropped_actions", "stalls",
+                "success", "score"):
+        assert key in stats, key
+    assert 15 <= stats["steps"] <= 21 and stats["stop_reason"] == "duration"
+    assert stats["executor"] == executor and stats["inferences"] >= 2
+    assert stats["safety_rejected"] == 0
+    if executor == "async":
+        assert stats["dropped_actions"] >= 1  # each chunk arrives after its first tick passed
+    with EpisodeStore.open(store_path) as store:
+        assert store.n_episodes == 1 and store.n_frames == stats["steps"]
+        ep = store.read_episode(0)
+    assert np.all(np.diff(ep["timestamp"]) > 0)
+    assert ep["image"].shape == (stats["steps"], 96, 96, 3)
+    actions, states = ep["action"].astype(np.float64), ep["state"].astype(np.float64)
+    assert np.all(actions >= 0) and np.all(actions <= 512)
+    assert np.all(np.abs(np.diff(actions, axis=0)) <= 51.2 + 1e-3)  # default: 10 % of the range
+    # The pusher really moved towards the target under the recorded commands.
+    start, end = np.linalg.norm(states[0] - TARGET), np.linalg.norm(states[-1] - TARGET)
+    assert end < start - 50 or end < 10
+
+
+def test_a_hanging_policy_is_held_by_the_watchdog_within_its_period():
+    robot, outcome = build_robot("push_block", seed=1)
+    sends: list[tuple[float, str]] = []
+    original = robot._send_action
+
+    def spy(action):
+        sends.append((time.monotonic(), threading.current_thread().name))
+        return original(action)
+
+    robot._send_action = spy
+    policy = GoToPolicy(TARGET, hang_on_call=2)  # noqa: F821
+    estop = EStop()
+    result: dict = {}
+    cfg = _cfg(executor="sync", duration_s=30.0, safety=SafetyConfig(watchdog_s=0.2))
+    worker = threading.Thread(target=lambda: result.update(
+        deploy(policy, robot, cfg, "push_block", progress=False, estop=estop)))
+    worker.start()
+    try:
+        assert policy.hanging.wait(10.0)
+        time.sleep(0.5)
+    finally:
+        estop.trigger("test")
+        policy.release.set()
+        worker.join(10.0)
+    assert not worker.is_alive()
+    control = [t for t, name in sends if name != "safety-watchdog"]
+    watchdog = [t for t, name in sends if name == "safety-watchdog"]
+    last_before_hang = max(t for t in control if t < watchdog[0])
+    assert 0.2 <= watchdog[0] - last_before_hang <= 0.2 + 0.05
+    assert result["watchdog_trips"] == 1 and result["stop_reason"] == "e-stop (test)"
+
+
+def test_sigint_holds_then_exits_cleanly(tmp_path):
+    script = tmp_path / "run_deploy.py"
+    script.write_text(textwrap.dedent('''
+        import json, sys, threading
+        import numpy as np
+        from robodiff.commands.deploy import DeployConfig, build_robot, deploy
+        from robodiff.features import Feature
+    ''') + GOTO_SOURCE + textwrap.dedent('''
+        class Announcing(GoToPolicy):
+            def predict_action_chunk(self, obs_history):
+                if self.calls == 0:
+                    print("RUNNING", flush=True)
+                return super().predict_action_chunk(obs_history)
+
+        robot, outcome = build_robot("push_block", seed=0)
+        stats = deploy(Announcing((100.0, 450.0)), robot, DeployConfig(executor="async"),
+                       "push_block", progress=False)
+        print(json.dumps({"stop_reason": stats["stop_reason"], "holds": stats["holds"],
+                          "connected": robot.is_connected, "steps": stats["steps"]}))
+    '''))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "RUNNING"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["stop_reason"] == "e-stop (SIGINT)"
+    assert report["holds"] >= 1 and report["connected"] is False and report["steps"] >= 3
+
+
+def test_feature_mismatch_is_a_one_line_error_naming_the_key():
+    robot, _ = build_robot("push_block", seed=0)
+    policy = GoToPolicy(TARGET)  # noqa: F821
+    check_features(policy, robot, "ck", "push_block")
+    policy.obs_keys = ["state", "wrist"]
+    policy.features["wrist"] = Feature("image", (96, 96, 3), "uint8")
+    with pytest.raises(UserError, match="'wrist'"):
+        check_features(policy, robot, "ck", "push_block")
+    policy.obs_keys = ["state"]
+    policy.features = {"state": Feature("lowdim", (3,)), "action": Feature("action", (2,))}
+    with pytest.raises(UserError, match=r"'state' of shape \[3\]"):
+        check_features(policy, robot, "ck", "push_block")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robodiff.cli", "deploy", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["checkpoint=/no/such/run", "robot=push_block"], "/no/such/run"),
+    (["checkpoint=x", "robot=push_block", "executor=fast"], "executor 'fast'"),
+    (["robot=push_block", "speed=3"], "speed"),
+    (["robot=push_block"], "checkpoint="),
+])
+def test_cli_errors_are_one_line(args, needle):
+    proc = _cli(*args, "--json")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def untrained_checkpoint(run_dir: Path, down_dims: list[int], state_dim: int = 2) -> Path:
+    """A real (untrained) image diffusion checkpoint in the trainer's format, for the CLI path."""
+    import torch
+    import yaml
+
+    from robodiff.features import features_to_dict
+    from robodiff.policy.factory import build_policy
+    from robodiff.train.checkpoint import save_checkpoint
+
+    cfg = yaml.safe_load((REPO / "robodiff/conf/policy/diffusion_unet.yaml").read_text())
+    cfg["encoder"]["backbone"] = "small_cnn"
+    cfg["denoiser"]["down_dims"] = down_dims
+    cfg["obs_keys"] = ["image", "state"]
+    features = {"image": Feature("image", (96, 96, 3), "uint8"), "state": Feature("lowdim", (state_dim,)),
+                "action": Feature("action", (2,))}
+    span = {"min": [0.0] * state_dim, "max": [512.0] * state_dim, "mean": [256.0] * state_dim,
+            "std": [100.0] * state_dim}
+    stats = {"state": span, "action": {k: v[:1] * 2 for k, v in span.items()}}
+    torch.manual_seed(0)
+    policy = build_policy(cfg, features, stats)
+    meta = {"policy": cfg, "features": features_to_dict(features), "task": "push_block", "stats": stats}
+    save_checkpoint(run_dir, 0, policy.state_dict(), None, meta, {})
+    return run_dir
+
+
+def test_cli_deploys_a_real_checkpoint_and_prints_json(tmp_path):
+    run = untrained_checkpoint(tmp_path / "run", [16, 32, 64])
+    proc = _cli(f"checkpoint={run}", "robot=push_block", "executor=async", "duration_s=2",
+                "torch_threads=1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["steps"] >= 15 and report["inferences"] >= 2 and report["inference_p50_ms"] > 0
+    assert report["success"] in (True, False) and 0.0 <= report["score"] <= 1.0
+    assert report["config"]["executor"] == "async"
+
+
+def test_a_checkpoint_whose_features_do_not_match_the_robot_is_rejected(tmp_path):
+    from robodiff.commands.deploy import run
+
+    ckpt = untrained_checkpoint(tmp_path / "run", [8, 16, 32], state_dim=3)
+    with pytest.raises(UserError, match=r"'state' of shape \[3\], robot 'push_block' gives \[2\]"):
+        run([], [f"checkpoint={ckpt}", "robot=push_block", "torch_threads=1"], set())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_measure_async_timing_over_60_s(delay, tmp_path):
+    """The figures in docs/deployment.md (no timing asserts): `pytest -m slow -s -k measure`.
+    A quickstart-shaped image diffusion policy (small CNN, UNet [64, 128, 256], DDIM 10, untrained
+    weights: the same CPU load as trained ones) drives the real-time push_block robot for 60 s;
+    the episode's end is ignored so that one run lasts the whole minute."""
+    import functools
+
+    from robodiff.commands.deploy import load_seeded_policy
+
+    ckpt = str(untrained_checkpoint(tmp_path / "run", [64, 128, 256]))
+    robot, _ = build_robot("push_block", seed=0)
+    stats = deploy(load_seeded_policy(ckpt, "cpu", True, 0), robot,
+                   _cfg(executor="async", duration_s=60.0, inference_delay_s=delay), "push_block",
+                   progress=False, make_policy=functools.partial(load_seeded_policy, ckpt, "cpu", True, 0))
+    keys = ["steps", "period_p50_ms", "period_p99_ms", "period_error_p50_ms", "period_error_p99_ms",
+            "period_error_max_ms", "overruns", "inferences", "inference_p50_ms", "inference_p99_ms",
+            "dropped_actions", "stalls", "watchdog_trips", "realtime_priority"]
+    print(json.dumps({"inference_delay_s": delay, "load_avg_1m": os.getloadavg()[0],
+                      **{k: stats[k] for k in keys}}))
+    assert stats["steps"] >= 590

@@ -1,0 +1,228 @@
+"""Executors on a fake clock: chunk timestamps, async splicing and late-action dropping, sync
+stalls, temporal ensembling; and the real background inference thread."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import numpy as np
+import pytest
+
+from robodiff.control.executors import (AsyncExecutor, BackgroundInference, ChunkResult,
+                                        EnsembleExecutor, ProcessInference, SyncExecutor,
+                                        make_executor,
+                                        timestamp_chunk)
+from robodiff.control.history import ObservationHistory
+from robodiff.errors import ConfigError
+
+DT = 0.1
+
+
+class StampPolicy:
+    """Action i of a chunk is [chunk number, the time it is meant for], read from the newest obs."""
+
+    n_obs_steps, horizon, n_action_steps = 2, 16, 8
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def predict_action_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        assert obs_history["t"].shape == (self.n_obs_steps, 1)
+        t_obs = float(obs_history["t"][-1, 0])
+        steps = np.arange(self.horizon) - (self.n_obs_steps - 1)
+        chunk = np.stack([np.full(self.horizon, self.calls), t_obs + steps * DT], axis=1)
+        self.calls += 1
+        return chunk
+
+
+class FakeBackend:
+    """Background inference on the fake clock: a result appears `latency` after submit."""
+
+    def __init__(self, policy: StampPolicy, latency: float):
+        self.policy, self.latency = policy, latency
+        self.now = 0.0
+        self.pending: tuple[float, ChunkResult] | None = None
+        self.submits: list[float] = []
+        self.closed = False
+
+    @property
+    def busy(self) -> bool:
+        return self.pending is not None
+
+    def submit(self, obs: dict[str, np.ndarray], t_obs: float) -> None:
+        assert self.pending is None
+        self.submits.append(self.now)
+        chunk = self.policy.predict_action_chunk(obs)
+        self.pending = (self.now + self.latency, ChunkResult(chunk, t_obs, self.latency))
+
+    def poll(self) -> ChunkResult | None:
+        if self.pending is not None and self.now >= self.pending[0] - 1e-9:
+            result, self.pending = self.pending[1], None
+            return result
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _drive(executor, backend: FakeBackend | None, ticks: int) -> list[tuple[float, np.ndarray | None]]:
+    history = ObservationHistory(StampPolicy.n_obs_steps)
+    out = []
+    for k in range(ticks):
+        now = round(k * DT, 9)
+        if backend is not None:
+            backend.now = now
+        history.push({"t": np.array([now])})
+        out.append((now, executor.act(now, history, now)))
+    return out
+
+
+def test_timestamp_chunk_starts_at_the_newest_observation():
+    chunk = np.arange(16.0)[:, None]
+    stamped = timestamp_chunk(chunk, 5.0, n_obs_steps=2, dt=DT, n_steps=8)
+    assert [ta.action[0] for ta in stamped] == list(range(1, 9))
+    assert [ta.t for ta in stamped] == pytest.approx([5.0 + i * DT for i in range(8)])
+    with pytest.raises(ValueError):
+        timestamp_chunk(np.zeros(16), 0.0, 2, DT)
+
+
+@pytest.mark.parametrize("latency", [0.05, 0.25, 0.3, 0.65])
+def test_async_splices_each_chunk_at_the_current_tick_and_drops_late_actions(latency):
+    policy = StampPolicy()
+    backend = FakeBackend(policy, latency)
+    ex = AsyncExecutor(policy, DT, backend)
+    trace = _drive(ex, backend, 120)
+    ready = math.ceil(latency / DT - 1e-9)  # first tick at which the first chunk is in
+    assert all(a is None for _, a in trace[:ready])
+    played = [(t, a) for t, a in trace[ready:]]
+    # Never starved after the first chunk, and every action sent is the one stamped for its tick.
+    assert all(a is not None for _, a in played)
+    assert all(a[1] == pytest.approx(t) for t, a in played)
+    # Chunks are used in order, and the newest chunk available wins.
+    chunk_ids = [int(a[0]) for _, a in played]
+    assert chunk_ids == sorted(chunk_ids) and len(set(chunk_ids)) > 5
+    # Each splice dropped the actions stamped for the ticks its inference took.
+    assert ex.dropped == ex.splices * ready
+    assert ex.stats()["stalls"] == 0 and ex.inferences == ex.splices
+    # Launched early enough: every chunk played for at least one tick, at most n_action_steps.
+    runs = np.diff(np.flatnonzero(np.diff(chunk_ids)))
+    assert runs.max() <= policy.n_action_steps
+    ex.close()
+    assert backend.closed
+
+
+def test_async_holds_when_inference_is_slower_than_the_whole_chunk():
+    policy = StampPolicy()
+    backend = FakeBackend(policy, 2.0)  # 20 ticks > the 15 actions a chunk covers
+    ex = AsyncExecutor(policy, DT, backend)
+    trace = _drive(ex, backend, 60)
+    gaps = [t for t, a in trace[20:] if a is None]
+    assert gaps and ex.stats()["stalls"] == len(gaps)
+    assert all(a[1] == pytest.approx(t) for t, a in trace if a is not None)
+
+
+def test_async_latency_estimate_sets_the_launch_lead():
+    policy = StampPolicy()
+    backend = FakeBackend(policy, 0.25)
+    ex = AsyncExecutor(policy, DT, backend, margin_steps=1)
+    assert ex.lead_steps() == 1
+    _drive(ex, backend, 40)
+    assert ex.lead_steps() == 4  # ceil(0.25 / 0.1) + 1
+    assert ex.frozen_prefix(backend.now).shape[0] == 4
+
+
+def test_sync_plays_n_action_steps_then_replans_and_counts_stalls():
+    policy = StampPolicy()
+    clock = {"t": 0.0}
+    ex = SyncExecutor(policy, DT, delay_s=0.15, now=lambda: clock["t"],
+                      sleep=lambda s: clock.__setitem__("t", clock["t"] + s))
+    trace = _drive(ex, None, 24)
+    ids = [int(a[0]) for _, a in trace]
+    assert ids == [0] * 8 + [1] * 8 + [2] * 8
+    assert [a[1] for _, a in trace[:8]] == pytest.approx([i * DT for i in range(8)])
+    assert ex.stats()["stalls"] == 3 and ex.stats()["inference_p50_ms"] == pytest.approx(150.0)
+
+
+def test_ensemble_weights_older_chunks_more():
+    class ConstPolicy(StampPolicy):
+        def predict_action_chunk(self, obs_history):
+            self.calls += 1
+            return np.full((self.horizon, 1), 10.0 * self.calls)
+
+    policy = ConstPolicy()
+    backend = FakeBackend(policy, 0.1)
+    ex = EnsembleExecutor(policy, DT, backend, k=0.5)
+    trace = _drive(ex, backend, 4)
+    w = np.exp(-0.5 * np.arange(3))
+    assert trace[0][1] is None
+    assert trace[1][1] == pytest.approx([10.0])
+    assert trace[2][1] == pytest.approx([(w[0] * 10 + w[1] * 20) / w[:2].sum()])
+    assert trace[3][1] == pytest.approx([(w[0] * 10 + w[1] * 20 + w[2] * 30) / w.sum()])
+
+
+def test_background_inference_thread_measures_latency_with_injected_delay():
+    policy = StampPolicy()
+    backend = BackgroundInference(policy, delay_s=0.05)
+    history = ObservationHistory(2)
+    history.push({"t": np.array([1.0])})
+    backend.submit(history.stacked(), 1.0)
+    assert backend.busy
+    with pytest.raises(RuntimeError):
+        backend.submit(history.stacked(), 1.0)
+    deadline = time.monotonic() + 2.0
+    result = None
+    while result is None and time.monotonic() < deadline:
+        result = backend.poll()
+        time.sleep(0.005)
+    assert result is not None and not backend.busy
+    assert result.t_obs == 1.0 and result.latency_s >= 0.05 and result.chunk.shape == (16, 2)
+    backend.close()
+
+
+def test_background_inference_surfaces_policy_errors():
+    class Broken(StampPolicy):
+        def predict_action_chunk(self, obs_history):
+            raise ValueError("boom")
+
+    backend = BackgroundInference(Broken())
+    backend.submit({"t": np.zeros((2, 1))}, 0.0)
+    time.sleep(0.05)
+    with pytest.raises(RuntimeError, match="background thread"):
+        backend.poll()
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="executor 'fast'"):
+        make_executor("fast", StampPolicy(), DT)
+    with pytest.raises(ConfigError, match="n_action_steps=16"):
+        SyncExecutor(StampPolicy(), DT, n_action_steps=16)
+
+
+def _broken_factory() -> StampPolicy:
+    raise ValueError("no such weights")
+
+
+def test_process_inference_runs_the_policy_in_a_child_process():
+    backend = ProcessInference(functools.partial(StampPolicy), delay_s=0.05)
+    try:
+        history = ObservationHistory(2)
+        history.push({"t": np.array([2.0])})
+        backend.submit(history.stacked(), 2.0)
+        assert backend.busy
+        deadline = time.monotonic() + 10.0
+        result = None
+        while result is None and time.monotonic() < deadline:
+            result = backend.poll()
+            time.sleep(0.005)
+        assert result is not None and not backend.busy and result.latency_s >= 0.05
+        assert result.chunk[1] == pytest.approx([0, 2.0]) and result.t_obs == 2.0
+    finally:
+        backend.close()
+    assert not backend._proc.is_alive()
+    with pytest.raises(RuntimeError, match="no such weights"):
+        ProcessInference(_broken_factory)
