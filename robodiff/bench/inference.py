@@ -1,0 +1,137 @@
+"""`robodiff bench inference`: p50/p99 latency of predict_action_chunk at batch 1.
+
+Cases: the default image policy (diffusion_unet, ResNet-18, two 96x96 cameras + 2-d state,
+2 obs steps, DDIM 10) and the low-dim policy (20-d state), random weights. Per case the
+straightforward path (`DiffusionPolicy.predict_action_chunk`: diffusers scheduler.step, fp32,
+no_grad) and the fast path (`FastSampler`) alternate call by call, so load on the machine hits
+both alike. Also reported: the largest action difference between the two for the same noise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from robodiff.config import CONF_DIR, compose, to_dict, validate
+from robodiff.errors import ConfigError
+from robodiff.features import Feature, Features
+from robodiff.policy.diffusion import DiffusionPolicy
+from robodiff.policy.factory import build_policy
+from robodiff.policy.fast_inference import FastSampler
+
+
+@dataclass
+class BenchInferenceConfig:
+    iterations: int = 20
+    warmup: int = 3
+    threads: int | None = None
+    devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])
+    cases: list[str] = field(default_factory=lambda: ["image", "lowdim"])
+    precision_cpu: str = "auto"
+    precision_cuda: str = "auto"
+    cuda_graph: bool = True
+    compile_cuda: bool = True
+    seed: int = 0
+
+
+CASES: dict[str, Features] = {
+    "image": {"image": Feature("image", (96, 96, 3), "uint8"), "wrist_image": Feature("image", (96, 96, 3), "uint8"),
+              "state": Feature("lowdim", (2,)), "action": Feature("action", (2,))},
+    "lowdim": {"state": Feature("lowdim", (20,)), "action": Feature("action", (2,))},
+}
+
+
+def default_policy_cfg() -> dict[str, Any]:
+    return to_dict(OmegaConf.load(CONF_DIR / "policy" / "diffusion_unet.yaml"))
+
+
+def random_history(features: Features, steps: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {}
+    for key, f in features.items():
+        if f.kind == "image":
+            out[key] = rng.integers(0, 256, (steps, *f.shape), dtype=np.uint8)
+        elif f.kind == "lowdim":
+            out[key] = rng.standard_normal((steps, *f.shape)).astype(np.float32)
+    return out
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def bench_case(device: str, case: str, cfg: Any, policy_cfg: dict[str, Any]) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    features = CASES[case]
+    policy = build_policy(policy_cfg, features, None)
+    assert isinstance(policy, DiffusionPolicy)
+    policy = policy.to(device).eval()
+    precision = cfg.precision_cuda if device == "cuda" else cfg.precision_cpu
+    # Sets the process-wide CPU threads, so both paths run with the same setting.
+    fast = FastSampler(policy, device=device, precision=precision, threads=cfg.threads or "auto",
+                       cuda_graph=cfg.cuda_graph,
+                       compile=device == "cuda" and cfg.compile_cuda)
+    history = random_history(features, policy.n_obs_steps, np.random.default_rng(cfg.seed))
+
+    batch = policy.obs_history_to_batch(history)
+    noise = torch.randn(1, policy.horizon, policy.action_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.no_grad():
+        reference = policy.predict_action(batch, noise=noise).float().cpu()
+    t_build = time.perf_counter()
+    max_diff = float((fast(batch, noise=noise).float().cpu() - reference).abs().max())
+
+    build_s = time.perf_counter() - t_build  # first call: compilation and CUDA graph capture
+    for _ in range(cfg.warmup):
+        policy.predict_action_chunk(history)
+        fast.predict_action_chunk(history)
+    base_t, fast_t = [], []
+    for _ in tqdm(range(cfg.iterations), desc=f"{device} {case}", file=sys.stderr, leave=False):
+        t0 = time.perf_counter()
+        policy.predict_action_chunk(history)  # ends with .cpu(): synchronous on CUDA too
+        t1 = time.perf_counter()
+        fast.predict_action_chunk(history)
+        t2 = time.perf_counter()
+        base_t.append(t1 - t0)
+        fast_t.append(t2 - t1)
+    p50, p99 = percentiles(fast_t)
+    b50, b99 = percentiles(base_t)
+    prefix = f"{device}_{case}"
+    return {f"{prefix}_p50_ms": round(p50, 2), f"{prefix}_p99_ms": round(p99, 2),
+            f"{prefix}_baseline_p50_ms": round(b50, 2), f"{prefix}_baseline_p99_ms": round(b99, 2),
+            f"{prefix}_speedup": round(b50 / p50, 2), f"{prefix}_precision": fast.precision,
+            f"{prefix}_max_abs_action_diff": round(max_diff, 5), f"{prefix}_first_call_s": round(build_s, 1)}
+
+
+def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
+    cfg = validate(compose("bench_inference", overrides), BenchInferenceConfig)
+    for case in cfg.cases:
+        if case not in CASES:
+            raise ConfigError(f"bench_inference.cases entry '{case}' is not one of {', '.join(CASES)}")
+    for device in cfg.devices:
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"bench_inference.devices entry '{device}' is not cpu or cuda")
+    devices = [d for d in cfg.devices if d == "cpu" or torch.cuda.is_available()]
+    policy_cfg = default_policy_cfg()
+    result: dict[str, Any] = {"iterations": cfg.iterations,
+                              "num_inference_steps": policy_cfg["noise_scheduler"]["num_inference_steps"]}
+    if torch.cuda.is_available() and "cuda" in devices:
+        result["cuda_device"] = torch.cuda.get_device_name()
+    for device in devices:
+        for case in cfg.cases:
+            figures = bench_case(device, case, cfg, policy_cfg)
+            result["threads"] = torch.get_num_threads()
+            result.update(figures)
+            p = f"{device}_{case}"
+            print(f"{p:12s} fast p50 {figures[p + '_p50_ms']:8.2f} ms  p99 {figures[p + '_p99_ms']:8.2f} ms | "
+                  f"straightforward p50 {figures[p + '_baseline_p50_ms']:8.2f} ms  "
+                  f"p99 {figures[p + '_baseline_p99_ms']:8.2f} ms | x{figures[p + '_speedup']:.2f} "
+                  f"({figures[p + '_precision']}, max |diff| {figures[p + '_max_abs_action_diff']})",
+                  file=sys.stderr)
+    return result

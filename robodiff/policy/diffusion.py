@@ -1,0 +1,180 @@
+"""DiffusionPolicy: observation encoder + denoiser + diffusers noise schedulers, normalizer inside.
+
+`ChunkPolicy` holds what every action-chunk policy shares (keys, normalizer, encoder, the
+numpy-in/numpy-out `predict_action_chunk`); `DiffusionPolicy` adds denoising.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch import nn
+
+from robodiff.data.normalizer import Normalizer
+from robodiff.errors import ConfigError, UserError
+from robodiff.features import Features
+from robodiff.models.obs_encoder import ObsEncoder
+from robodiff.models.transformer import TransformerDenoiser
+from robodiff.models.unet1d import ConditionalUnet1D
+
+INFERENCE_SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
+PREDICTION_TYPES = ("epsilon", "sample")
+
+
+def build_denoiser(cfg: dict[str, Any], action_dim: int, obs_dim: int, horizon: int, n_obs_steps: int) -> nn.Module:
+    kind = cfg.get("type", "unet")
+    if kind == "unet":
+        return ConditionalUnet1D(action_dim, obs_dim * n_obs_steps, horizon, down_dims=list(cfg["down_dims"]),
+                                 kernel_size=int(cfg["kernel_size"]), n_groups=int(cfg["n_groups"]),
+                                 diffusion_step_embed_dim=int(cfg["diffusion_step_embed_dim"]))
+    if kind == "transformer":
+        return TransformerDenoiser(action_dim, obs_dim, horizon, n_obs_steps, n_layer=int(cfg["n_layer"]),
+                                   n_head=int(cfg["n_head"]), n_emb=int(cfg["n_emb"]),
+                                   p_drop_emb=float(cfg["p_drop_emb"]), p_drop_attn=float(cfg["p_drop_attn"]),
+                                   causal_attn=bool(cfg["causal_attn"]))
+    raise ConfigError(f"policy.denoiser.type '{kind}' is not one of unet, transformer")
+
+
+class ChunkPolicy(nn.Module):
+    """Keys, normalizer and observation encoder; subclasses turn encoded obs into action chunks."""
+
+    def __init__(self, policy_cfg: dict[str, Any], features: Features, stats: dict[str, dict] | None):
+        super().__init__()
+        self.policy_cfg = dict(policy_cfg)
+        self.horizon = int(policy_cfg["horizon"])
+        self.n_obs_steps = int(policy_cfg["n_obs_steps"])
+        self.n_action_steps = int(policy_cfg["n_action_steps"])
+        if self.n_obs_steps < 1 or self.n_action_steps < 1:
+            raise ConfigError("policy.n_obs_steps and policy.n_action_steps must be >= 1")
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            raise ConfigError(f"policy.horizon={self.horizon} is shorter than n_obs_steps - 1 + n_action_steps "
+                              f"= {self.n_obs_steps - 1 + self.n_action_steps}")
+        self.action_key = policy_cfg.get("action_key") or "action"
+        if self.action_key not in features:
+            raise ConfigError(f"policy.action_key '{self.action_key}' is not a feature (have {', '.join(features)})")
+        obs_keys = policy_cfg.get("obs_keys")
+        if obs_keys is None:
+            obs_keys = [k for k, f in features.items() if f.kind in ("image", "lowdim")]
+        for key in obs_keys:
+            if key not in features or features[key].kind not in ("image", "lowdim"):
+                raise ConfigError(f"policy.obs_keys entry '{key}' is not an image or low-dim feature")
+        if not obs_keys:
+            raise ConfigError("policy.obs_keys is empty: the features have no image or low-dim key")
+        self.obs_keys = list(obs_keys)
+        self.features = {k: features[k] for k in self.obs_keys + [self.action_key]}
+        self.action_dim = int(np.prod(features[self.action_key].shape))
+        if stats is not None:
+            missing = [k for k, f in self.features.items() if f.kind != "image" and k not in stats]
+            if missing:
+                raise UserError(f"normalizer stats have no entry for '{missing[0]}'")
+        self.normalizer = Normalizer(self.features, stats, policy_cfg.get("normalizer", {}).get("mode", "minmax"))
+        self.obs_encoder = ObsEncoder(self.features, self.obs_keys, dict(policy_cfg["encoder"]))
+        self.obs_dim = self.obs_encoder.out_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def reset(self) -> None:
+        """No recurrent state: each chunk depends only on the observation history given."""
+
+    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw obs (B, >=n_obs_steps, ...) -> encoder features (B, n_obs_steps, obs_dim)."""
+        device = self.device
+        raw = {k: obs[k][:, -self.n_obs_steps:].to(device, non_blocking=True) for k in self.obs_keys}
+        return self.obs_encoder(self.normalizer.normalize(raw))
+
+    def obs_history_to_batch(self, obs_history: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Validate one robot's history and make a batch of one, edge-padding a short history."""
+        batch = {}
+        for key in self.obs_keys:
+            if key not in obs_history:
+                raise UserError(f"observation has no '{key}' (policy needs {', '.join(self.obs_keys)})")
+            x = np.asarray(obs_history[key])
+            shape = tuple(self.features[key].shape)
+            if x.shape == shape:
+                x = x[None]
+            if tuple(x.shape[1:]) != shape or len(x) == 0:
+                raise UserError(f"observation '{key}' has shape {list(x.shape)}, expected (steps, {', '.join(map(str, shape))})")
+            x = x[-self.n_obs_steps:]
+            if len(x) < self.n_obs_steps:
+                x = np.concatenate([np.repeat(x[:1], self.n_obs_steps - len(x), axis=0), x])
+            dtype = torch.uint8 if self.features[key].kind == "image" else torch.float32
+            batch[key] = torch.as_tensor(np.ascontiguousarray(x)).to(dtype)[None]
+        return batch
+
+    def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        return self.predict_action(self.obs_history_to_batch(obs_history))[0].float().cpu().numpy()
+
+
+class DiffusionPolicy(ChunkPolicy):
+    def __init__(self, policy_cfg: dict[str, Any], features: Features, stats: dict[str, dict] | None):
+        super().__init__(policy_cfg, features, stats)
+        self.denoiser = build_denoiser(dict(policy_cfg["denoiser"]), self.action_dim, self.obs_dim,
+                                       self.horizon, self.n_obs_steps)
+        sched = dict(policy_cfg["noise_scheduler"])
+        self.prediction_type = sched.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"policy.noise_scheduler.prediction_type '{self.prediction_type}' is not one of "
+                              f"{', '.join(PREDICTION_TYPES)}")
+        self.inference_scheduler_name = sched.get("inference_scheduler", "ddim")
+        if self.inference_scheduler_name not in INFERENCE_SCHEDULERS:
+            raise ConfigError(f"policy.noise_scheduler.inference_scheduler '{self.inference_scheduler_name}' "
+                              f"is not one of {', '.join(INFERENCE_SCHEDULERS)}")
+        self.num_inference_steps = int(sched.get("num_inference_steps", 10))
+        common = dict(num_train_timesteps=int(sched["num_train_timesteps"]), beta_schedule=sched["beta_schedule"],
+                      beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 0.02)),
+                      prediction_type=self.prediction_type)
+        if not 1 <= self.num_inference_steps <= common["num_train_timesteps"]:
+            raise ConfigError(f"policy.noise_scheduler.num_inference_steps={self.num_inference_steps} must be in "
+                              f"1..num_train_timesteps")
+        clip = bool(sched.get("clip_sample", True))
+        self.noise_scheduler = DDPMScheduler(**common, clip_sample=clip)
+        if self.inference_scheduler_name == "ddim":
+            self.inference_scheduler = DDIMScheduler(**common, clip_sample=clip, set_alpha_to_one=True, steps_offset=0)
+        elif self.inference_scheduler_name == "ddpm":
+            self.inference_scheduler = DDPMScheduler(**common, clip_sample=clip)
+        else:
+            # Thresholding at 1.0 is DPM-Solver's counterpart of clip_sample: x0 kept in [-1, 1].
+            self.inference_scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++",
+                                                                   thresholding=clip, sample_max_value=1.0)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cond = self.encode_obs(batch)
+        trajectory = self.normalizer.normalize_key(self.action_key, batch[self.action_key].to(cond.device))
+        trajectory = trajectory.reshape(trajectory.shape[0], self.horizon, self.action_dim)
+        noise = torch.randn_like(trajectory)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (trajectory.shape[0],),
+                          device=trajectory.device)
+        noisy = self.noise_scheduler.add_noise(trajectory, noise, t)
+        pred = self.denoiser(noisy, t, cond)
+        target = noise if self.prediction_type == "epsilon" else trajectory
+        return F.mse_loss(pred, target)
+
+    def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Initial noise (B, horizon, A), drawn on the generator's device so seeded runs repeat anywhere."""
+        device = generator.device if generator is not None else self.device
+        noise = torch.randn((batch_size, self.horizon, self.action_dim), generator=generator, device=device)
+        return noise.to(self.device)
+
+    @torch.no_grad()
+    def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The straightforward sampler: diffusers' scheduler.step in the loop, fp32. Robot units."""
+        cond = self.encode_obs(obs)
+        trajectory = noise.to(cond.device) if noise is not None else self.sample_noise(cond.shape[0], generator)
+        scheduler = self.inference_scheduler
+        scheduler.set_timesteps(self.num_inference_steps)
+        for t in scheduler.timesteps:
+            out = self.denoiser(trajectory, t.to(cond.device), cond)
+            trajectory = scheduler.step(out, t, trajectory, generator=generator).prev_sample
+        return self.normalizer.unnormalize(self.action_key, trajectory).reshape(
+            trajectory.shape[0], self.horizon, *self.features[self.action_key].shape)

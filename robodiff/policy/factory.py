@@ -1,0 +1,29 @@
+"""`build_policy(policy_cfg, features, stats)`: the policy named by `policy_cfg["name"]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from robodiff.errors import ConfigError
+from robodiff.features import Features
+from robodiff.policy.diffusion import DiffusionPolicy
+from robodiff.policy.regression import RegressionPolicy
+
+POLICIES = {"diffusion_unet": DiffusionPolicy, "diffusion_transformer": DiffusionPolicy,
+            "regression": RegressionPolicy}
+
+
+def build_policy(policy_cfg: dict[str, Any], features: Features, stats: dict[str, dict] | None = None) -> nn.Module:
+    """stats may be None when the weights (normalizer buffers included) are loaded afterwards."""
+    if hasattr(policy_cfg, "items") and not isinstance(policy_cfg, dict):
+        from robodiff.config import to_dict
+        policy_cfg = to_dict(policy_cfg)
+    name = policy_cfg.get("name")
+    if name not in POLICIES:
+        raise ConfigError(f"policy.name '{name}' is not one of {', '.join(POLICIES)}")
+    for key in ("horizon", "n_obs_steps", "n_action_steps", "encoder", "denoiser"):
+        if key not in policy_cfg:
+            raise ConfigError(f"policy config has no '{key}' key")
+    return POLICIES[name](policy_cfg, features, stats)

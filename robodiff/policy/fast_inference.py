@@ -1,0 +1,282 @@
+"""Fast sampling for DiffusionPolicy (DDIM): same actions as `predict_action` for the same noise.
+
+What the straightforward path (`DiffusionPolicy.predict_action`) pays for and this one does not:
+- diffusers' `scheduler.step` per step (Python objects, dtype juggling): here the DDIM update is
+  six precomputed coefficients per step in one preallocated tensor;
+- the FiLM conditioning (timestep embedding + obs features through every residual block's linear
+  layer) recomputed at every step: here computed for all steps in one batched pass per call,
+  which reads those weights once instead of `num_inference_steps` times;
+- on CPU at batch 1, `Conv1d` falls back to a slow im2col kernel: here every 1-D convolution is
+  one matmul on packed weights (unfold + linear; the transposed convolution too), in bf16 when
+  asked (AMX on recent Xeons halves the weight traffic, which is what batch-1 inference is bound
+  by), and the image trunk runs channels_last;
+- on CUDA: the whole call (normalize, encode, every DDIM step, unnormalize) is one CUDA graph
+  replayed on static buffers, optionally under bf16/fp16 autocast, with pinned host buffers, and
+  optionally (`compile=True`) the denoiser compiled first so the graph holds fewer kernels.
+
+The sampler snapshots the policy's weights when it is built: rebuild it after loading new weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robodiff.errors import ConfigError
+from robodiff.models.unet1d import ConditionalResidualBlock1D, Conv1dBlock, ConditionalUnet1D, Film
+from robodiff.policy.diffusion import DiffusionPolicy
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def ddim_coefficients(policy: DiffusionPolicy) -> tuple[list[int], torch.Tensor]:
+    """Timesteps and, per step, (c_x, c_o, d_x, d_o, p_0, p_e) such that with model output o:
+    x0 = clip(c_x x + c_o o), eps = d_x x + d_o o, x_prev = p_0 x0 + p_e eps (diffusers' DDIM, eta 0)."""
+    sched = policy.inference_scheduler
+    sched.set_timesteps(policy.num_inference_steps)
+    alphas = sched.alphas_cumprod.double()
+    ratio = sched.config.num_train_timesteps // policy.num_inference_steps
+    rows, steps = [], [int(t) for t in sched.timesteps]
+    for t in steps:
+        a = alphas[t]
+        a_prev = alphas[t - ratio] if t - ratio >= 0 else torch.as_tensor(float(sched.final_alpha_cumprod)).double()
+        if policy.prediction_type == "epsilon":
+            c_x, c_o, d_x, d_o = 1 / a.sqrt(), -(1 - a).sqrt() / a.sqrt(), 0.0, 1.0
+        else:
+            c_x, c_o, d_x, d_o = 0.0, 1.0, 1 / (1 - a).sqrt(), -a.sqrt() / (1 - a).sqrt()
+        rows.append([float(c_x), float(c_o), float(d_x), float(d_o), float(a_prev.sqrt()), float((1 - a_prev).sqrt())])
+    return steps, torch.tensor(rows, dtype=torch.float32)
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 where the hardware has it natively (CUDA Ampere+, CPUs with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class PackedConv1d(nn.Module):
+    """Conv1d on (B, L, C) activations as unfold + one matmul (weights packed once)."""
+
+    def __init__(self, conv: nn.Conv1d, dtype: torch.dtype):
+        super().__init__()
+        self.kernel, self.stride, self.pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, -1).to(dtype), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().to(dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel > 1 or self.stride > 1:
+            x = F.pad(x, (0, 0, self.pad, self.pad)).unfold(1, self.kernel, self.stride).flatten(2)
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
+class PackedUpsample(nn.Module):
+    """ConvTranspose1d(k=4, s=2, p=1) as one matmul: output 2m uses taps 1, 3 of inputs m, m-1;
+    output 2m+1 uses taps 2, 0 of inputs m, m+1."""
+
+    def __init__(self, up: nn.ConvTranspose1d, dtype: torch.dtype):
+        super().__init__()
+        if (up.kernel_size[0], up.stride[0], up.padding[0]) != (4, 2, 1):
+            raise ConfigError("fast inference supports the UNet's ConvTranspose1d(4, 2, 1) upsampling only")
+        w = up.weight.detach()  # (Cin, Cout, 4)
+        zero = torch.zeros_like(w[:, :, 0])
+        even = torch.cat([w[:, :, 3], w[:, :, 1], zero], dim=0)  # taps on inputs m-1, m, m+1
+        odd = torch.cat([zero, w[:, :, 2], w[:, :, 0]], dim=0)
+        packed = torch.stack([even.T, odd.T], dim=0).reshape(2 * w.shape[1], 3 * w.shape[0])
+        self.weight = nn.Parameter(packed.to(dtype), requires_grad=False)
+        self.bias = nn.Parameter(up.bias.detach().repeat(2).to(dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        windows = F.pad(x, (0, 0, 1, 1)).unfold(1, 3, 1)  # (B, L, C, 3)
+        windows = windows.transpose(2, 3).flatten(2)  # (B, L, 3*C): input-major as packed
+        out = F.linear(windows.to(self.weight.dtype), self.weight, self.bias)
+        return out.reshape(b, length * 2, -1)
+
+
+class PackedConvBlock(nn.Module):
+    def __init__(self, block: Conv1dBlock, dtype: torch.dtype):
+        super().__init__()
+        conv, self.norm = block.block[0], block.block[1]
+        self.conv = PackedConv1d(conv, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).float().transpose(1, 2)
+        return F.mish(F.group_norm(x, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps)).transpose(1, 2)
+
+
+class PackedResidualBlock(nn.Module):
+    def __init__(self, block: ConditionalResidualBlock1D, dtype: torch.dtype):
+        super().__init__()
+        self.block1 = PackedConvBlock(block.blocks[0], dtype)
+        self.block2 = PackedConvBlock(block.blocks[1], dtype)
+        res = block.residual_conv
+        self.residual = PackedConv1d(res, dtype) if isinstance(res, nn.Conv1d) else None
+
+    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        scale, bias = film  # (B, C, 1) -> broadcast over (B, L, C)
+        out = self.block1(x) * scale.transpose(1, 2) + bias.transpose(1, 2)
+        skip = x if self.residual is None else self.residual(x).float()
+        return self.block2(out) + skip
+
+
+class PackedUnet1D(nn.Module):
+    """ConditionalUnet1D.denoise with activations kept (B, L, C) and packed matmul weights."""
+
+    def __init__(self, unet: ConditionalUnet1D, dtype: torch.dtype):
+        super().__init__()
+        self.down = nn.ModuleList(nn.ModuleList([PackedResidualBlock(r1, dtype), PackedResidualBlock(r2, dtype),
+                                                 PackedConv1d(d, dtype) if isinstance(d, nn.Conv1d) else nn.Identity()])
+                                  for r1, r2, d in unet.down_modules)
+        self.mid = nn.ModuleList(PackedResidualBlock(r, dtype) for r in unet.mid_modules)
+        self.up = nn.ModuleList(nn.ModuleList([PackedResidualBlock(r1, dtype), PackedResidualBlock(r2, dtype),
+                                               PackedUpsample(u, dtype)]) for r1, r2, u in unet.up_modules)
+        self.final_block = PackedConvBlock(unet.final_conv[0], dtype)
+        self.final = PackedConv1d(unet.final_conv[1], dtype)
+
+    def forward(self, sample: torch.Tensor, film: Film) -> torch.Tensor:
+        films = iter(film)
+        x, skips = sample, []
+        for res1, res2, down in self.down:
+            x = res2(res1(x, next(films)), next(films))
+            skips.append(x)
+            x = down(x).float()
+        for res in self.mid:
+            x = res(x, next(films))
+        for res1, res2, up in self.up:
+            x = torch.cat([x, skips.pop()], dim=2)
+            x = up(res2(res1(x, next(films)), next(films))).float()
+        return self.final(self.final_block(x)).float()
+
+
+class FastSampler:
+    """`sampler(obs, noise=None, generator=None)` -> (B, horizon, *action_shape) robot units."""
+
+    def __init__(self, policy: DiffusionPolicy, device: str | torch.device | None = None, precision: str = "auto",
+                 threads: int | str | None = "auto", cuda_graph: bool = True, compile: bool = False):
+        if not isinstance(policy, DiffusionPolicy) or policy.inference_scheduler_name != "ddim":
+            raise ConfigError("fast inference needs a diffusion policy with "
+                              "policy.noise_scheduler.inference_scheduler=ddim")
+        self.device = torch.device(device) if device is not None else policy.device
+        if precision == "auto":
+            precision = "bf16" if bf16_is_fast(self.device) else "fp32"
+        if precision not in PRECISIONS:
+            raise ConfigError(f"inference precision '{precision}' is not one of auto, {', '.join(PRECISIONS)}")
+        self.precision, self.dtype = precision, PRECISIONS[precision]
+        if threads == "auto":
+            # Leave a core to the control loop: intra-op threads that spin on a shared core stall
+            # both (measured on 2 busy cores: 2 threads ran several times slower than 1).
+            threads = max(1, (os.cpu_count() or 2) - 1)
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(int(threads))  # process-wide: torch has no per-module setting
+        self.policy = copy.deepcopy(policy).to(self.device).eval().requires_grad_(False)
+        self.horizon, self.action_dim = policy.horizon, policy.action_dim
+        self.action_shape = tuple(policy.features[policy.action_key].shape)
+        steps, coef = ddim_coefficients(self.policy)
+        self.timesteps = torch.tensor(steps, device=self.device)
+        self.coef = [tuple(row) for row in coef.tolist()]
+        self.clip = bool(self.policy.inference_scheduler.config.clip_sample)
+        self.clip_range = float(self.policy.inference_scheduler.config.clip_sample_range)
+        unet = self.policy.denoiser if isinstance(self.policy.denoiser, ConditionalUnet1D) else None
+        self.packed = None
+        if self.device.type == "cpu":
+            self.policy.obs_encoder.to(memory_format=torch.channels_last)
+            if unet is not None:
+                self.packed = PackedUnet1D(unet, self.dtype).eval()
+        # On CUDA a graph still pays a few microseconds per kernel, and the UNet is hundreds of small
+        # kernels per step: torch.compile fuses the norm/activation/FiLM chains between the convs.
+        denoise = unet.denoise if unet is not None else self.policy.denoiser
+        self._denoise = torch.compile(denoise, dynamic=False) if compile else denoise
+        self.use_graph = cuda_graph and self.device.type == "cuda"
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: dict[str, Any] = {}
+
+    def _autocast(self) -> Any:
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
+
+    def _sample(self, obs: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+        policy, b, k = self.policy, noise.shape[0], len(self.coef)
+        with self._autocast():
+            cond = policy.encode_obs(obs).float()
+        denoiser = policy.denoiser
+        if isinstance(denoiser, ConditionalUnet1D):
+            # FiLM for every step at once: one pass over the conditioning weights per call.
+            all_film = denoiser.film(self.timesteps.repeat_interleave(b), cond.repeat(k, 1, 1))
+        x = noise
+        for i, (c_x, c_o, d_x, d_o, p_0, p_e) in enumerate(self.coef):
+            if isinstance(denoiser, ConditionalUnet1D):
+                film = [(s[i * b:(i + 1) * b], o[i * b:(i + 1) * b]) for s, o in all_film]
+                if self.packed is not None:
+                    out = self.packed(x, film)
+                else:
+                    with self._autocast():
+                        out = self._denoise(x, film).float()
+            else:
+                with self._autocast():
+                    out = self._denoise(x, self.timesteps[i], cond).float()
+            x0 = c_x * x + c_o * out
+            if self.clip:
+                x0 = x0.clamp(-self.clip_range, self.clip_range)
+            eps = out if d_x == 0.0 else d_x * x + d_o * out
+            x = p_0 * x0 + p_e * eps
+        actions = policy.normalizer.unnormalize(policy.action_key, x)
+        return actions.reshape(b, self.horizon, *self.action_shape)
+
+    def noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.policy.sample_noise(batch_size, generator)
+
+    @torch.inference_mode()
+    def __call__(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        obs = {k: obs[k][:, -self.policy.n_obs_steps:] for k in self.policy.obs_keys}
+        b = next(iter(obs.values())).shape[0]
+        if noise is None:
+            noise = self.noise(b, generator)
+        if not self.use_graph:
+            return self._sample({k: v.to(self.device) for k, v in obs.items()}, noise.to(self.device))
+        return self._replay(obs, noise)
+
+    def _replay(self, obs: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+        shapes = {k: tuple(v.shape) for k, v in obs.items()} | {"__noise": tuple(noise.shape)}
+        if self._graph is None or self._static.get("shapes") != shapes:
+            self._capture(obs, noise, shapes)
+        st = self._static
+        for key, x in obs.items():
+            st["host"][key].copy_(x)
+            st["in"][key].copy_(st["host"][key], non_blocking=True)
+        st["in"]["__noise"].copy_(noise, non_blocking=True)
+        self._graph.replay()
+        st["out_host"].copy_(st["out"], non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return st["out_host"].clone()
+
+    def _capture(self, obs: dict[str, torch.Tensor], noise: torch.Tensor, shapes: dict) -> None:
+        static_in = {k: v.to(self.device).clone() for k, v in obs.items()}
+        static_in["__noise"] = noise.to(self.device).clone()
+        host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in obs.items()}
+
+        def step() -> torch.Tensor:
+            return self._sample({k: static_in[k] for k in obs}, static_in["__noise"])
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: cuDNN autotuning and allocations happen outside capture
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        self._graph = graph
+        self._static = {"shapes": shapes, "in": static_in, "host": host, "out": out,
+                        "out_host": torch.empty(out.shape, dtype=out.dtype, pin_memory=True)}
+
+    def predict_action_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        return self(self.policy.obs_history_to_batch(obs_history))[0].float().cpu().numpy()

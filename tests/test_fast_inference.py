@@ -1,0 +1,131 @@
+"""The fast sampler gives the straightforward path's actions for the same noise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from robodiff.errors import ConfigError
+from robodiff.features import Feature
+from robodiff.models.unet1d import ConditionalUnet1D
+from robodiff.policy.factory import build_policy
+from robodiff.policy.fast_inference import FastSampler, PackedUnet1D, ddim_coefficients
+
+CONF = Path(__file__).resolve().parents[1] / "robodiff" / "conf" / "policy"
+FEATURES = {"cam": Feature("image", (32, 32, 3), "uint8"), "state": Feature("lowdim", (3,)),
+            "action": Feature("action", (2,))}
+STATS = {"state": {"min": [0, 0, 0], "max": [1, 1, 1], "mean": [0.5] * 3, "std": [0.3] * 3},
+         "action": {"min": [10.0, -5.0], "max": [20.0, 5.0], "mean": [15.0, 0.0], "std": [3.0, 3.0]}}
+# fp32: only summation order differs (packed matmuls vs convolutions). Robot units, range 10.
+FP32_ATOL = 1e-3
+# bf16 weights: ~3 significant digits per layer; 2 % of the action range after 10 steps.
+BF16_ATOL = 0.2
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors on a shared 2-core machine: a second intra-op thread only adds spin-waits
+    # (measured 10x slower under load); restored afterwards for the other test modules.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def policy_for(name: str = "diffusion_unet", prediction_type: str = "epsilon"):
+    cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+    cfg["horizon"], cfg["n_action_steps"] = 8, 4
+    cfg["encoder"].update(backbone="small_cnn", crop_shape=[28, 28], num_keypoints=8)
+    if name == "diffusion_unet":
+        cfg["denoiser"].update(down_dims=[32, 64, 128], diffusion_step_embed_dim=32)
+    else:
+        cfg["denoiser"].update(n_layer=2, n_head=2, n_emb=32)
+    cfg["noise_scheduler"]["prediction_type"] = prediction_type
+    torch.manual_seed(0)
+    return build_policy(cfg, FEATURES, STATS).eval()
+
+
+def obs(n: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"cam": torch.randint(0, 256, (n, 2, 32, 32, 3), generator=g, dtype=torch.uint8),
+            "state": torch.rand(n, 2, 3, generator=g)}
+
+
+def test_ddim_coefficients_reproduce_diffusers_step():
+    policy = policy_for()
+    steps, coef = ddim_coefficients(policy)
+    sched = policy.inference_scheduler
+    sched.set_timesteps(policy.num_inference_steps)
+    x, out = torch.randn(2, 8, 2) * 2, torch.randn(2, 8, 2)
+    for t, (c_x, c_o, d_x, d_o, p_0, p_e) in zip(steps, coef.tolist()):
+        expected = sched.step(out, t, x).prev_sample
+        x0 = (c_x * x + c_o * out).clamp(-1, 1)
+        assert torch.allclose(p_0 * x0 + p_e * (d_x * x + d_o * out), expected, atol=1e-5)
+
+
+def test_packed_unet_equals_unet():
+    torch.manual_seed(0)
+    unet = ConditionalUnet1D(3, 10, 16, down_dims=[16, 32, 64], diffusion_step_embed_dim=16).eval()
+    x, cond = torch.randn(2, 16, 3), torch.randn(2, 2, 5)
+    film = unet.film(torch.tensor([3, 70]), cond)
+    with torch.no_grad():
+        assert torch.allclose(PackedUnet1D(unet, torch.float32)(x, film), unet.denoise(x, film), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,prediction", [("diffusion_unet", "epsilon"), ("diffusion_unet", "sample"),
+                                             ("diffusion_transformer", "epsilon")])
+def test_fast_path_equals_eager_path_fp32(name, prediction):
+    policy = policy_for(name, prediction)
+    fast = FastSampler(policy, precision="fp32", threads=None)
+    batch = obs(2)
+    noise = policy.sample_noise(2, torch.Generator().manual_seed(5))
+    eager = policy.predict_action(batch, noise=noise)
+    got = fast(batch, noise=noise)
+    assert got.shape == (2, 8, 2)
+    assert (got - eager).abs().max() < FP32_ATOL
+    # Same generator, same noise: the seeded call agrees too.
+    seeded = fast(batch, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(seeded, got)
+
+
+def test_fast_path_bf16_within_tolerance():
+    policy = policy_for()
+    fast = FastSampler(policy, precision="bf16", threads=None)
+    batch = obs(1)
+    noise = policy.sample_noise(1, torch.Generator().manual_seed(2))
+    diff = (fast(batch, noise=noise) - policy.predict_action(batch, noise=noise)).abs().max()
+    assert diff < BF16_ATOL
+
+
+def test_fast_sampler_snapshot_and_chunk_api():
+    policy = policy_for()
+    fast = FastSampler(policy, precision="fp32", threads=torch.get_num_threads())
+    history = {"cam": np.zeros((2, 32, 32, 3), np.uint8), "state": np.full((2, 3), 0.5)}
+    chunk = fast.predict_action_chunk(history)
+    assert chunk.shape == (8, 2) and np.all(chunk >= (9.99, -5.01)) and np.all(chunk <= (20.01, 5.01))
+
+
+def test_fast_inference_needs_ddim():
+    policy = policy_for()
+    policy.inference_scheduler_name = "ddpm"
+    with pytest.raises(ConfigError, match="inference_scheduler=ddim"):
+        FastSampler(policy)
+
+
+@pytest.mark.slow
+def test_bench_inference_cli_json():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "robodiff.cli", "bench", "inference", "iterations=2", "warmup=1",
+                           "cases=[lowdim]", "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("p50_ms", "p99_ms", "baseline_p50_ms", "baseline_p99_ms", "speedup"):
+        assert result[f"cpu_lowdim_{key}"] > 0
