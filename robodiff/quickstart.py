@@ -53,13 +53,19 @@ def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     return final / "demos.zarr", summary
 
 
+def policy_overrides(cfg: DictConfig) -> list[str]:
+    dims = ",".join(str(int(d)) for d in cfg.down_dims)
+    return [f"policy.encoder.backbone={cfg.encoder}", f"policy.denoiser.down_dims=[{dims}]",
+            f"policy.denoiser.diffusion_step_embed_dim={cfg.diffusion_step_embed_dim}"]
+
+
 def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
     from robodiff.train.trainer import train
 
     final = out / "run"
     overrides = [f"task={cfg.task}", f"dataset={store}", f"policy={cfg.policy}",
                  f"training.steps={cfg.train_steps}", f"training.batch_size={cfg.batch_size}",
-                 f"training.seed={cfg.seed}", f"device={cfg.device}", *cfg.policy_overrides]
+                 f"training.seed={cfg.seed}", f"device={cfg.device}", *policy_overrides(cfg)]
     settings = {"overrides": overrides}
     if _stage_done(final, settings):
         log(f"reusing the trained policy in {final}")
@@ -122,7 +128,7 @@ def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Pa
         f"out={out / 'demos' / 'demos.zarr'}",
         f"robodiff train task={cfg.task} dataset={out / 'demos' / 'demos.zarr'} policy={cfg.policy} "
         f"training.steps={cfg.train_steps} training.batch_size={cfg.batch_size} "
-        + " ".join(cfg.policy_overrides),
+        + " ".join(policy_overrides(cfg)),
         f"robodiff eval task={cfg.task} checkpoint={run_dir} episodes={cfg.eval.episodes}",
         "```",
         "",

@@ -13,7 +13,7 @@ simulation and writes DIR/report.md (success rate, loss curve, success-by-episod
 videos). Stages completed with the same settings are reused on a rerun.
 
 keys (robodiff/conf/quickstart.yaml): out seed task demos train_steps batch_size policy
-  policy_overrides device eval.episodes eval.seed eval.n_envs eval.n_videos
+  encoder down_dims diffusion_step_embed_dim device eval.episodes eval.seed eval.n_envs eval.n_videos
 --json: last stdout line {"success_rate", "demos", "train_seconds", "eval_episodes", ...}
 """
 
