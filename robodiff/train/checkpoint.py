@@ -1,0 +1,226 @@
+"""Checkpoints that load without unpickling anything, and a `latest` that a crash cannot destroy.
+
+    runs/<name>/checkpoints/<step>/   model.safetensors  (model.* and ema.* tensors)
+                                      policy.json        (policy config, features, task, stats)
+                                      train_state.pt     (optimizer, scheduler, RNG, sampler)
+    runs/<name>/checkpoints/latest/   the same files as the newest <step>/
+
+Every checkpoint is written into a temporary directory, flushed, and renamed into place. `latest`
+is replaced by renaming the old one away before renaming the new one in; a reader that finds no
+`latest` (a crash between those two renames) falls back to the highest numbered step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from robodiff.errors import UserError
+from robodiff.features import features_from_dict
+
+WEIGHTS = "model.safetensors"
+META = "policy.json"
+TRAIN_STATE = "train_state.pt"
+LATEST = "latest"
+CHECKPOINTS = "checkpoints"
+FORMAT_VERSION = 1
+
+
+# ------------------------------------------------------------------ writing
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state_tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; a copy per tensor sidesteps both.
+    return {f"{prefix}.{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` is renamed away first and deleted last."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _clean_stale(ckpt_root: Path) -> None:
+    """Temporary and renamed-away dirs left by a crash while saving."""
+    for p in ckpt_root.glob(".*"):
+        if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model_state: dict[str, torch.Tensor],
+                    ema_state: dict[str, torch.Tensor] | None, meta: dict[str, Any],
+                    train_state: dict[str, Any]) -> Path:
+    """Write `checkpoints/<step>/` and replace `checkpoints/latest/` with it. Returns the step dir."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_stale(root)
+    tmp = root / f".tmp-{step}-{os.getpid()}"
+    tmp.mkdir()
+    tensors = _state_tensors("model", model_state)
+    if ema_state is not None:
+        tensors.update(_state_tensors("ema", ema_state))
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "robodiff", "step": str(step)})
+    (tmp / META).write_text(json.dumps({**meta, "step": step, "format_version": FORMAT_VERSION}, indent=1))
+    torch.save(train_state, tmp / TRAIN_STATE)
+    for name in (WEIGHTS, META, TRAIN_STATE):
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    step_dir = root / str(step)
+    _replace_dir(tmp, step_dir)
+
+    # Hard links make `latest` cost no extra disk and survive deletion of the step dir.
+    tmp_latest = root / f".tmp-{LATEST}-{os.getpid()}"
+    tmp_latest.mkdir()
+    for name in (WEIGHTS, META, TRAIN_STATE):
+        try:
+            os.link(step_dir / name, tmp_latest / name)
+        except OSError:
+            shutil.copy2(step_dir / name, tmp_latest / name)
+    _fsync_dir(tmp_latest)
+    _replace_dir(tmp_latest, root / LATEST)
+    return step_dir
+
+
+# ------------------------------------------------------------------ locating
+def _step_dirs(ckpt_root: Path) -> list[Path]:
+    return sorted((p for p in ckpt_root.iterdir() if p.is_dir() and p.name.isdigit()),
+                  key=lambda p: int(p.name))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint dir, or a run dir (its `latest`, else its highest step)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such checkpoint or run directory")
+    if (p / WEIGHTS).exists() or (p / META).exists():
+        return _check_complete(p)
+    root = p / CHECKPOINTS if (p / CHECKPOINTS).is_dir() else p
+    if (root / LATEST).is_dir():
+        return _check_complete(root / LATEST)
+    if root.is_dir():
+        steps = _step_dirs(root)
+        if steps:
+            return _check_complete(steps[-1])
+    raise UserError(f"{p}: not a checkpoint (no {WEIGHTS}) or a run directory (no {CHECKPOINTS}/)")
+
+
+def _check_complete(ckpt: Path) -> Path:
+    for name in (WEIGHTS, META):
+        if not (ckpt / name).is_file():
+            raise UserError(f"{ckpt}: checkpoint is missing {name}")
+    return ckpt
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    try:
+        return resolve_checkpoint(root)
+    except UserError:
+        return None
+
+
+# ------------------------------------------------------------------ reading
+def read_policy_meta(path: str | os.PathLike) -> dict[str, Any]:
+    ckpt = resolve_checkpoint(path)
+    try:
+        return json.loads((ckpt / META).read_text())
+    except ValueError as exc:
+        raise UserError(f"{ckpt / META}: not valid JSON ({exc})") from None
+
+
+def read_tensors(path: str | os.PathLike, prefix: str) -> dict[str, torch.Tensor]:
+    """`model` or `ema` tensors with the prefix stripped."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        tensors = load_file(str(ckpt / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{ckpt / WEIGHTS}: unreadable ({exc})") from None
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+
+
+def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    ckpt = resolve_checkpoint(path)
+    file = ckpt / TRAIN_STATE
+    if not file.is_file():
+        raise UserError(f"{ckpt}: checkpoint is missing {TRAIN_STATE} (cannot resume from it)")
+    try:
+        # weights_only: tensors and plain containers only, so a tampered file cannot run code.
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise UserError(f"{file}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> torch.nn.Module:
+    """Rebuild the policy from `policy.json` and load its (EMA) weights; returned in eval mode."""
+    from robodiff.policy.factory import build_policy
+
+    ckpt = resolve_checkpoint(path)
+    meta = read_policy_meta(ckpt)
+    for key in ("policy", "features"):
+        if key not in meta:
+            raise UserError(f"{ckpt / META}: missing '{key}'")
+    policy = build_policy(meta["policy"], features_from_dict(meta["features"]), meta.get("stats"))
+    state = read_tensors(ckpt, "ema") if ema else {}
+    if not state:
+        state = read_tensors(ckpt, "model")
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{ckpt / WEIGHTS}: weights do not fit the policy in {META} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return policy.to(device).eval()
+
+
+# ------------------------------------------------------------------ RNG state (weights_only-safe)
+def capture_rng() -> dict[str, Any]:
+    """Python / numpy / torch (and CUDA) generator states as tensors, ints and lists."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    internal, version = state["python"]
+    random.setstate((version, tuple(internal), None))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

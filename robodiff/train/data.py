@@ -1,0 +1,95 @@
+"""What a training run reads: the episode store (importing foreign formats once) and which of its
+features the task observes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from robodiff.data.store import EpisodeStore
+from robodiff.errors import StoreError, UserError
+from robodiff.features import Features
+
+# Names a task YAML may use for the observation keys its policies consume.
+TASK_OBS_FIELDS = ("observation_keys", "obs_keys")
+
+
+def imported_path(src: Path) -> Path:
+    """Where a foreign dataset is imported to: next to it, so the import happens once."""
+    return src.parent / f"{src.name.rstrip('/')}.robodiff.zarr"
+
+
+def resolve_store(dataset: str | os.PathLike, may_import: bool = True) -> Path:
+    """An episode store path for `dataset=`: the store itself, or the cached import of it.
+
+    Only one process may import (`may_import`); the others call again after a barrier.
+    """
+    src = Path(dataset).expanduser()
+    if not src.exists():
+        raise UserError(f"dataset '{dataset}' does not exist")
+    try:
+        EpisodeStore.open(src).close()
+        return src
+    except StoreError as store_error:
+        cached = imported_path(src)
+        if cached.exists():
+            try:
+                EpisodeStore.open(cached).close()
+                return cached
+            except StoreError:
+                pass  # a half-written import (killed run): import again below
+        if not may_import:
+            raise UserError(f"dataset '{src}': imported store {cached} is missing") from None
+        try:
+            from robodiff.data.importers import import_dataset
+        except ImportError:
+            raise store_error from None
+        if cached.exists():
+            shutil.rmtree(cached)
+        import_dataset(str(src), str(cached))
+        return cached
+
+
+def task_obs_keys(task: Any) -> tuple[str, list[str] | None]:
+    """(task name, observation keys the task lists) for a task name / path; keys None if unknown.
+
+    Task loading belongs to the simulation package; when it is absent or the task is not a
+    simulated one, the task is just a name and the dataset's features decide.
+    """
+    if task is None:
+        return "", None
+    name = str(task)
+    try:
+        from robodiff.sim.tasks import load_task
+    except ImportError:
+        return Path(name).stem, None
+    spec = load_task(name)
+    for field_name in TASK_OBS_FIELDS:
+        keys = getattr(spec, field_name, None)
+        if keys is None and isinstance(spec, dict):
+            keys = spec.get(field_name)
+        if keys:
+            return str(getattr(spec, "name", Path(name).stem)), [str(k) for k in keys]
+    return str(getattr(spec, "name", Path(name).stem)), None
+
+
+def choose_obs_keys(store_features: Features, store_path: Path, task_name: str,
+                    task_keys: list[str] | None, override: list[str] | None) -> list[str]:
+    """The explicit override, else the task's list, else every image / low-dim feature."""
+    keys = override or task_keys
+    if keys is None:
+        keys = [k for k, f in store_features.items() if f.kind in ("image", "lowdim")]
+        if not keys:
+            raise UserError(f"dataset {store_path} has no image or low-dim feature to observe")
+        return keys
+    for key in keys:
+        if key not in store_features:
+            who = "obs_keys" if override else f"task '{task_name}'"
+            raise UserError(f"dataset {store_path} lacks feature '{key}' that {who} needs "
+                            f"(it has {', '.join(store_features)})")
+        if store_features[key].kind not in ("image", "lowdim"):
+            raise UserError(f"dataset {store_path}: feature '{key}' is {store_features[key].kind}, "
+                            f"not an image or low-dim observation")
+    return list(keys)

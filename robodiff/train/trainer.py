@@ -1,0 +1,483 @@
+"""The one training loop for every policy: single process, or DDP when launched by torchrun.
+
+Everything that can be wrong with the inputs (config keys, dataset, task features, policy shapes)
+is checked in `prepare` before the first step, so a bad run fails in seconds with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from robodiff.config import to_dict
+from robodiff.data.dataset import WindowDataset
+from robodiff.data.normalizer import cached_stats
+from robodiff.data.store import EpisodeStore
+from robodiff.data.windows import split_episodes
+from robodiff.errors import ConfigError, UserError
+from robodiff.features import Features, features_to_dict
+from robodiff.models.ema import EMAModel
+from robodiff.policy.factory import build_policy
+from robodiff.train import checkpoint as ckpt_io
+from robodiff.train import distributed as dist_util
+from robodiff.train.config import check, tri_state
+from robodiff.train.data import choose_obs_keys, resolve_store, task_obs_keys
+from robodiff.train.metrics import MetricsLogger, plot_loss
+from robodiff.train.sampler import ResumableSampler
+
+RUNS_DIR = "runs"
+SUMMARY_FILE = "summary.json"
+
+
+class LossModule(nn.Module):
+    """DDP synchronises gradients through `forward`, so the policy's loss is exposed as one."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.policy.compute_loss(batch)
+
+
+@dataclass
+class Run:
+    """Everything `prepare` resolved; the loop only reads it."""
+
+    cfg: DictConfig
+    info: dist_util.DistInfo
+    run_dir: Path
+    task_arg: str | None  # as given (name or YAML path); None when the dataset alone decides
+    task_name: str
+    store_path: Path
+    policy: nn.Module
+    features: Features
+    stats: dict[str, dict]
+    train_ds: WindowDataset
+    val_ds: WindowDataset | None
+    batch_size: int
+    num_workers: int
+    amp: bool
+    resume_from: Path | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ setup
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(task_name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(RUNS_DIR) / f"{task_name or 'run'}-{stamp}"
+
+
+def _resolve_run(cfg: DictConfig, info: dist_util.DistInfo) -> tuple[Path | None, Path | None, DictConfig | None]:
+    """(run dir or None for the default, checkpoint to resume from, the run's saved config)."""
+    if cfg.resume:
+        if not cfg.run_dir:
+            raise ConfigError("resume=true needs run_dir= (the run to continue)")
+        run_dir = Path(cfg.run_dir)
+        latest = ckpt_io.latest_checkpoint(run_dir)
+        if latest is None:
+            raise UserError(f"run_dir {run_dir}: no checkpoint to resume from")
+        saved = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        return run_dir, latest, saved
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+        if ckpt_io.latest_checkpoint(run_dir) is not None:
+            raise ConfigError(f"run_dir {run_dir} already has checkpoints: pass resume=true to continue it, "
+                              f"or choose another run_dir")
+        return run_dir, None, None
+    return None, None, None
+
+
+def _image_bytes(store: EpisodeStore, keys: list[str]) -> int:
+    return sum(store.n_frames * int(np.prod(store.features[k].shape)) for k in keys)
+
+
+def prepare(cfg: DictConfig, info: dist_util.DistInfo) -> Run:
+    t = cfg.training
+    run_dir, resume_from, saved = _resolve_run(cfg, info)
+    task = cfg.task if cfg.task is not None else (saved.task if saved is not None else None)
+    dataset = cfg.dataset if cfg.dataset is not None else (saved.dataset if saved is not None else None)
+    if dataset is None:
+        raise ConfigError("robodiff train: `dataset=` is required (an episode store or an importable dataset)")
+
+    # One process imports a foreign dataset; the others wait and open the result.
+    store_path = resolve_store(dataset, may_import=info.is_main) if info.is_main else None
+    dist_util.barrier(info)
+    if store_path is None:
+        store_path = resolve_store(dataset, may_import=False)
+
+    task_name, task_keys = task_obs_keys(task)
+    if resume_from is not None:
+        # The network must be the one the checkpoint holds, whatever the policy group says now.
+        policy_cfg = dict(ckpt_io.read_policy_meta(resume_from)["policy"])
+    else:
+        policy_cfg = to_dict(cfg.policy)
+    with EpisodeStore.open(store_path) as store:
+        obs_keys = choose_obs_keys(store.features, store_path, task_name, task_keys, policy_cfg.get("obs_keys"))
+        action_key = policy_cfg.get("action_key") or "action"
+        if action_key not in store.features:
+            raise UserError(f"dataset {store_path} has no action feature '{action_key}' "
+                            f"(it has {', '.join(store.features)})")
+        if store.n_episodes == 0:
+            raise UserError(f"dataset {store_path} has no committed episodes")
+        task_name = task_name or store.task or Path(store_path).name.split(".")[0]
+        features = {k: store.features[k] for k in [*obs_keys, action_key]}
+        image_keys = [k for k in obs_keys if features[k].kind == "image"]
+        numeric = [k for k, f in features.items() if f.kind != "image"]
+        if info.is_main:
+            stats = cached_stats(store, numeric)
+        dist_util.barrier(info)
+        if not info.is_main:
+            stats = cached_stats(store, numeric)
+        n_episodes = store.n_episodes
+        fits_ram = _image_bytes(store, image_keys) < t.cache_max_gb * 2**30
+        meta_extra = {"fps": store.fps, "robot": store.robot}
+    policy_cfg["obs_keys"] = obs_keys
+    policy_cfg["action_key"] = action_key
+
+    # Same initial weights on every rank (DDP would broadcast rank 0's anyway; EMA copies them first).
+    seed_everything(int(t.seed))
+    policy = build_policy(policy_cfg, features, stats)
+    seed_everything(int(t.seed) + info.rank)
+
+    train_eps, val_eps = split_episodes(n_episodes, float(t.val_ratio), int(t.seed))
+    cache = t.cache if t.cache != "auto" else ("memory" if fits_ram else "none")
+    window_args = dict(obs_keys=obs_keys, action_key=action_key, horizon=policy.horizon,
+                       n_obs_steps=policy.n_obs_steps, n_action_steps=policy.n_action_steps)
+    train_ds = WindowDataset(store_path, episodes=train_eps, cache=cache, **window_args)
+    # Validation reads a few batches now and then: no second copy of the images in RAM.
+    val_ds = WindowDataset(store_path, episodes=val_eps, cache="none", **window_args) if val_eps else None
+
+    batch_size = int(t.batch_size) if t.batch_size is not None else (64 if image_keys else 256)
+    per_rank = math.ceil(len(train_ds) / info.world_size)
+    if per_rank < batch_size:
+        warnings.warn(f"only {per_rank} training windows per process: batch_size {batch_size} -> {per_rank}",
+                      stacklevel=2)
+        batch_size = per_rank
+    if t.num_workers is not None:
+        num_workers = int(t.num_workers)
+    elif cache == "memory" or not image_keys:
+        num_workers = 0  # windows are slices of arrays in RAM: workers would only add IPC
+    else:
+        num_workers = min(8, max(1, (os.cpu_count() or 2) // info.world_size - 1))
+
+    amp_choice = tri_state(t.amp, "training.amp")
+    amp = (info.device.type == "cuda") if amp_choice is None else amp_choice
+    if amp and info.device.type != "cuda":
+        raise ConfigError("training.amp=true needs a CUDA device (bf16 autocast is slower than fp32 on CPU)")
+
+    if run_dir is None:
+        run_dir = Path(dist_util.broadcast_object(info, str(default_run_dir(task_name))))
+    meta = {"policy": policy.policy_cfg, "features": features_to_dict(features), "task": task_name,
+            "stats": stats, "dataset": str(store_path), **meta_extra}
+    return Run(cfg=cfg, info=info, run_dir=run_dir, task_arg=task, task_name=task_name, store_path=store_path, policy=policy,
+               features=features, stats=stats, train_ds=train_ds, val_ds=val_ds, batch_size=batch_size,
+               num_workers=num_workers, amp=amp, resume_from=resume_from, meta=meta)
+
+
+# ------------------------------------------------------------------------------ pieces of the loop
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(run: Run):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if run.amp else nullcontext()
+
+
+def _fork_rng(run: Run, seed: int):
+    """Validation and rollouts draw noise too; keep them off the training RNG stream."""
+    devices = [run.info.device] if run.info.device.type == "cuda" else []
+    ctx = torch.random.fork_rng(devices=devices)
+
+    class _Seeded:
+        def __enter__(self) -> None:
+            ctx.__enter__()
+            torch.manual_seed(seed)
+
+        def __exit__(self, *exc: object) -> None:
+            ctx.__exit__(*exc)
+
+    return _Seeded()
+
+
+@torch.no_grad()
+def validation_loss(run: Run, model: nn.Module) -> float | None:
+    if run.val_ds is None:
+        return None
+    sampler = ResumableSampler(len(run.val_ds), run.info.rank, run.info.world_size, shuffle=False)
+    loader = DataLoader(run.val_ds, batch_size=run.batch_size, sampler=sampler, num_workers=0)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with _fork_rng(run, int(run.cfg.training.seed) + 1):
+        for i, batch in enumerate(loader):
+            if i >= int(run.cfg.training.val_batches):
+                break
+            with _autocast(run):
+                total += float(model.compute_loss(_to_device(batch, run.info.device)))
+            count += 1
+    model.train(was_training)
+    return dist_util.all_reduce_mean(run.info, total / max(count, 1))
+
+
+def rollout_eval(run: Run, policy: nn.Module, step: int) -> dict[str, float]:
+    """Simulated episodes with the EMA policy (rank 0); empty when simulation is not available."""
+    try:
+        from robodiff.sim.evaluate import evaluate
+    except ImportError as exc:
+        warnings.warn(f"eval.every_steps is set but simulated evaluation is unavailable ({exc}); skipping",
+                      stacklevel=2)
+        return {}
+    e = run.cfg.eval
+    with _fork_rng(run, int(e.seed)):
+        result = evaluate(task=run.task_name, policy=policy, episodes=int(e.episodes), seed=int(e.seed),
+                          n_envs=int(e.n_envs), out=str(run.run_dir / "eval" / f"step_{step}"),
+                          device=str(run.info.device), n_videos=1)
+    policy.eval()
+    return {f"eval.{k}": float(v) for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _train_state(step: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None,
+                 epoch: int, batch_in_epoch: int, batch_size: int, rngs: list[Any], world_size: int) -> dict[str, Any]:
+    return {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+            "ema": None if ema is None else {"optimization_step": ema.optimization_step, "decay": ema.decay},
+            "sampler": {"epoch": epoch, "batch": batch_in_epoch, "batch_size": batch_size},
+            "rng": rngs, "world_size": world_size}
+
+
+def save(run: Run, step: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None,
+         epoch: int, batch_in_epoch: int) -> Path | None:
+    # Every rank's RNG is gathered (a collective, so all ranks call this) and rank 0 writes.
+    rngs = [ckpt_io.capture_rng()]
+    if run.info.enabled:
+        rngs = [None] * run.info.world_size
+        torch.distributed.all_gather_object(rngs, ckpt_io.capture_rng())
+    if not run.info.is_main:
+        return None
+    state = _train_state(step, optimizer, scheduler, ema, epoch, batch_in_epoch, run.batch_size, rngs,
+                         run.info.world_size)
+    return ckpt_io.save_checkpoint(run.run_dir, step, run.policy.state_dict(),
+                                   None if ema is None else ema.averaged_model.state_dict(), run.meta, state)
+
+
+def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None) -> tuple[int, int, int]:
+    """Load weights, optimizer, scheduler, EMA and RNG; returns (step, epoch, batch in epoch)."""
+    assert run.resume_from is not None
+    state = ckpt_io.read_train_state(run.resume_from)
+    run.policy.load_state_dict(ckpt_io.read_tensors(run.resume_from, "model"))
+    if ema is not None:
+        ema_tensors = ckpt_io.read_tensors(run.resume_from, "ema")
+        if ema_tensors:
+            ema.averaged_model.load_state_dict(ema_tensors)
+            ema.optimization_step = int(state["ema"]["optimization_step"])
+            ema.decay = float(state["ema"]["decay"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["lr_scheduler"])
+    sampler_state = state["sampler"]
+    same_layout = state["world_size"] == run.info.world_size and sampler_state["batch_size"] == run.batch_size
+    if same_layout:
+        ckpt_io.restore_rng(state["rng"][run.info.rank])
+        return int(state["step"]), int(sampler_state["epoch"]), int(sampler_state["batch"])
+    # A different number of processes or batch size cannot replay the same batches: start a new epoch.
+    if run.info.is_main:
+        warnings.warn("resuming with a different world size or batch size: the data order restarts at a "
+                      "new epoch (the run is not bit-identical to an uninterrupted one)", stacklevel=2)
+    return int(state["step"]), int(sampler_state["epoch"]) + 1, 0
+
+
+# ------------------------------------------------------------------------------ the loop
+def train(cfg: DictConfig | dict) -> dict[str, Any]:
+    """Train as configured by `conf/train.yaml`; returns the summary (the same on every rank)."""
+    cfg = check(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
+    if cfg.training.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    info = dist_util.init(str(cfg.device))
+    try:
+        run = prepare(cfg, info)
+        return _loop(run)
+    finally:
+        dist_util.shutdown(info)
+
+
+def _loop(run: Run) -> dict[str, Any]:
+    cfg, info, t = run.cfg, run.info, run.cfg.training
+    device = info.device
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    policy = run.policy.to(device)
+    has_images = any(f.kind == "image" for f in run.features.values())
+    cl_choice = tri_state(t.channels_last, "training.channels_last")
+    if (device.type == "cuda" and has_images) if cl_choice is None else cl_choice:
+        policy.to(memory_format=torch.channels_last)
+    policy.train()
+
+    ema_cfg = dict(run.meta["policy"].get("ema") or {})
+    ema = None
+    if ema_cfg.get("enabled", True):
+        ema = EMAModel(policy, power=float(ema_cfg.get("power", 0.75)), max_value=float(ema_cfg.get("max_value", 0.9999)),
+                       update_after_step=int(ema_cfg.get("update_after_step", 0)),
+                       inv_gamma=float(ema_cfg.get("inv_gamma", 1.0)))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=float(t.lr), betas=tuple(t.betas),
+                                  weight_decay=float(t.weight_decay), fused=device.type == "cuda" or None)
+    from diffusers.optimization import get_scheduler
+
+    try:
+        scheduler = get_scheduler(str(t.lr_scheduler), optimizer, num_warmup_steps=int(t.lr_warmup_steps),
+                                  num_training_steps=int(t.steps))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'training.lr_scheduler': {str(exc).splitlines()[0]}") from None
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if run.resume_from is not None:
+        step, epoch, batch_in_epoch = _restore(run, optimizer, scheduler, ema)
+    if step >= int(t.steps):
+        raise ConfigError(f"run_dir {run.run_dir} is already at step {step} >= training.steps={t.steps}; "
+                          f"raise training.steps to train longer")
+
+    if info.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        saved_cfg = OmegaConf.to_container(cfg, resolve=True)
+        saved_cfg["policy"] = run.meta["policy"]
+        saved_cfg["dataset"] = str(cfg.dataset if cfg.dataset is not None else run.store_path)
+        saved_cfg["task"] = run.task_arg
+        (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved_cfg)))
+    logger = MetricsLogger(run.run_dir, enabled=info.is_main, tensorboard=bool(cfg.logging.tensorboard),
+                           resume_step=step)
+
+    model: nn.Module = LossModule(policy)
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(cfg.distributed.find_unused_parameters))
+
+    sampler = ResumableSampler(len(run.train_ds), info.rank, info.world_size, seed=int(t.seed))
+    loader_gen = torch.Generator()
+    loader = DataLoader(run.train_ds, batch_size=run.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=run.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=run.num_workers > 0, generator=loader_gen,
+                        prefetch_factor=4 if run.num_workers > 0 else None)
+
+    def start_epoch(e: int, skip_batches: int):
+        sampler.set_position(e, skip_batches * run.batch_size)
+        # Worker seeds come from this generator, never from the global RNG the loss draws from.
+        loader_gen.manual_seed(int(t.seed) * 1_000_003 + e * 1009 + info.rank)
+        return iter(loader)
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    clip = float(t.grad_clip_norm) if t.grad_clip_norm is not None else None
+    samples_per_step = run.batch_size * info.world_size
+    total_steps = int(t.steps)
+    bar = tqdm(total=total_steps, initial=step, desc="train", file=sys.stderr, dynamic_ncols=True,
+               disable=not (info.is_main and cfg.logging.progress))
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    last_loss = float("nan")
+    val_loss = None
+    saved_at = -1
+    timed_from_step, timed_from = step, time.perf_counter()
+    paused = 0.0
+    started = time.perf_counter()
+    first_step = step
+    it = start_epoch(epoch, batch_in_epoch)
+    while step < total_steps:
+        try:
+            batch = next(it)
+        except StopIteration:
+            epoch, batch_in_epoch = epoch + 1, 0
+            it = start_epoch(epoch, 0)
+            continue
+        batch_in_epoch += 1
+        batch = _to_device(batch, device)
+        with _autocast(run):
+            loss = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.step(policy)
+        step += 1
+        loss_sum += loss.detach().float()
+        loss_count += 1
+        if step == first_step + 1:
+            # The first step pays for allocation and kernel selection: time from the second on.
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timed_from_step, timed_from = step, time.perf_counter()
+        bar.update(1)
+
+        if step % int(t.log_every) == 0 or step == total_steps:
+            last_loss = dist_util.all_reduce_mean(info, float(loss_sum) / loss_count)
+            loss_sum.zero_()
+            loss_count = 0
+            elapsed = time.perf_counter() - timed_from - paused
+            rate = (step - timed_from_step) * samples_per_step / elapsed if step > timed_from_step else float("nan")
+            lr = scheduler.get_last_lr()[0]
+            logger.log(step, {"loss": last_loss, "lr": lr, "samples_per_s": rate, "epoch": epoch})
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.0f}", refresh=False)
+        pause_from = time.perf_counter()
+        if step % int(t.val_every) == 0 or step == total_steps:
+            val_loss = validation_loss(run, ema.averaged_model if ema is not None else policy)
+            if val_loss is not None:
+                logger.log(step, {"val_loss": val_loss})
+        if int(cfg.eval.every_steps) > 0 and step % int(cfg.eval.every_steps) == 0:
+            if info.is_main:
+                logger.log(step, rollout_eval(run, ema.averaged_model if ema is not None else policy, step))
+            dist_util.barrier(info)
+        if step % int(t.checkpoint_every) == 0 or step == total_steps:
+            save(run, step, optimizer, scheduler, ema, epoch, batch_in_epoch)
+            saved_at = step
+        if step > timed_from_step:
+            # samples_per_s is optimizer-step throughput: validation, rollouts and saving excluded.
+            paused += time.perf_counter() - pause_from
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    rate = (step - timed_from_step) * samples_per_step / (time.perf_counter() - timed_from - paused) \
+        if step > timed_from_step else float("nan")
+    logger.close()
+    digests = dist_util.gather_digests(info, dist_util.parameter_digest(policy))
+    summary: dict[str, Any] = {
+        "run_dir": str(run.run_dir), "steps": step, "final_loss": last_loss, "val_loss": val_loss,
+        "train_seconds": round(train_seconds, 3), "samples_per_s": round(rate, 2),
+        "batch_size": run.batch_size, "world_size": info.world_size, "device": str(device),
+        "checkpoint": str(run.run_dir / ckpt_io.CHECKPOINTS / ckpt_io.LATEST) if saved_at >= 0 else None,
+        "resumed_from": str(run.resume_from) if run.resume_from is not None else None,
+        "param_digests": digests, "ranks_in_sync": len(set(digests)) == 1,
+    }
+    if info.is_main:
+        plot_loss(run.run_dir)
+        (run.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    summary = dist_util.broadcast_object(info, summary)
+    dist_util.barrier(info)
+    return summary
