@@ -106,7 +106,14 @@ def test_a_hanging_policy_is_held_by_the_watchdog_within_its_period():
         sends.append((time.monotonic(), threading.current_thread().name))
         return original(action)
 
+    original_hold = robot._hold
+
+    def hold_spy():  # the watchdog holds through robot.hold(), which need not call _send_action
+        sends.append((time.monotonic(), threading.current_thread().name))
+        return original_hold()
+
     robot._send_action = spy
+    robot._hold = hold_spy
     policy = GoToPolicy(TARGET, hang_on_call=2)  # noqa: F821
     estop = EStop()
     result: dict = {}
@@ -264,3 +271,69 @@ def test_measure_async_timing_over_60_s(delay, tmp_path):
     print(json.dumps({"inference_delay_s": delay, "load_avg_1m": os.getloadavg()[0],
                       **{k: stats[k] for k in keys}}))
     assert stats["steps"] >= 590
+
+
+class SlowInEpisode(GoToPolicy):  # noqa: F821
+    """GoToPolicy whose first inference of episode `slow_episode` takes `delay_s`."""
+
+    def __init__(self, target, slow_episode, delay_s):
+        super().__init__(target)
+        self.episode, self.slow_episode, self.delay_s = 0, slow_episode, delay_s
+
+    def reset(self):
+        super().reset()
+        self.episode += 1
+
+    def predict_action_chunk(self, obs_history):
+        if self.episode == self.slow_episode and self.calls == 0:
+            time.sleep(self.delay_s)
+        return super().predict_action_chunk(obs_history)
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path):
+    from robodiff.sim.env import make_env
+
+    seed, n = 4, 3
+    robot, outcome = build_robot("push_block", seed=seed)
+    outcome.max_steps = 4  # short episodes: they end by the task's own rule, fast
+    # Sync: episode 2's first inference outlasts the watchdog, which must be armed again per episode.
+    policy = SlowInEpisode(TARGET, slow_episode=2, delay_s=0.4)
+    store_path = tmp_path / "run.zarr"
+    stats = deploy(policy, robot, _cfg(executor=executor, episodes=n, record=str(store_path),
+                                       safety=SafetyConfig(watchdog_s=0.2)),
+                   "push_block", outcome=outcome, progress=False)
+    rows = stats["episode_results"]
+    assert stats["episodes"] == n and [r["seed"] for r in rows] == [seed + i for i in range(n)]
+    assert stats["success_rate"] == pytest.approx(np.mean([r["success"] for r in rows]))
+    assert stats["mean_score"] == pytest.approx(np.mean([r["score"] for r in rows]), abs=1e-4)
+    assert stats["score"] == stats["mean_score"] and stats["success"] == all(r["success"] for r in rows)
+    for r in rows:
+        assert r["stop_reason"] == "episode done" and (r["success"] or r["steps"] == outcome.max_steps)
+    # Loop statistics cover the whole run, not the last episode.
+    assert stats["steps"] == sum(r["steps"] for r in rows) == stats["ticks"]
+    assert stats["watchdog_trips"] == (1 if executor == "sync" else 0)
+    assert stats["recorded_episodes"] == list(range(n))
+    limits = robot.action_limits["action"]
+    max_delta = 0.1 * (limits[1] - limits[0])
+    with EpisodeStore.open(store_path) as store, make_env("push_block", render=False) as env:
+        for i, r in enumerate(rows):
+            ep = store.read_episode(i)
+            assert len(ep["state"]) == r["steps"]
+            # Each episode starts where `robodiff eval` starts the episode with that seed ...
+            np.testing.assert_allclose(ep["state"][0], env.reset(r["seed"])["state"], atol=1.0)
+            # ... and its first command is this episode's plan (at most one policy step from the
+            # start, inside the rate limit restarted at the reset), not a leftover target.
+            step = np.linalg.norm(ep["action"][0] - ep["state"][0])
+            assert step <= min(policy.speed, np.linalg.norm(max_delta)) + 1e-3
+
+
+def test_episodes_is_checked_in_one_line():
+    robot, _ = build_robot("sim_pusher", seed=0)  # hardware: nothing to reset between episodes
+    with pytest.raises(UserError, match="episodes=2.*not a simulated task"):
+        deploy(GoToPolicy(TARGET), robot, _cfg(episodes=2), "sim_pusher", progress=False)  # noqa: F821
+    assert not robot.is_connected
+    proc = _cli("checkpoint=x", "robot=push_block", "episodes=0", "--json")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "episodes=0" in lines[0], proc.stderr

@@ -88,3 +88,47 @@ def test_realtime_follows_the_wall_clock():
 def test_missing_scene_is_named(tmp_path):
     with pytest.raises(UserError, match="nowhere.xml"):
         make_robot("sim_pusher", scene=str(tmp_path / "nowhere.xml"))
+
+
+def test_action_limits_come_from_the_hardware_yaml_and_are_copies():
+    hw = load_hardware("sim_pusher")
+    robot = make_robot("sim_pusher")
+    low, high = robot.action_limits["action"]  # known before connecting, like the features
+    np.testing.assert_array_equal(low, hw.action_low)
+    np.testing.assert_array_equal(high, hw.action_high)
+    high[:] = 1e9  # a caller cannot widen the robot's own clamp
+    with robot:
+        sent = robot.send_action({"action": hw.action_high + 100.0})
+    np.testing.assert_array_equal(sent["action"], hw.action_high)
+    assert set(robot.action_limits) == set(robot.action_features)
+
+
+def test_hold_from_another_thread_stops_where_the_robot_is_without_rendering():
+    import threading
+
+    robot = make_robot("push_block", realtime=True, seed=0)
+    render_threads: list[str] = []
+    cam = robot.cameras["image"]
+    original = cam.read_latest
+    cam.read_latest = lambda *a, **k: (render_threads.append(threading.current_thread().name),
+                                       original(*a, **k))[1]
+    with robot:
+        start = robot.get_observation()["state"].astype(np.float64)
+        low, high = robot.action_limits["action"]
+        far = np.where(start > (low + high) / 2, low, high)  # across the table: a long move
+        robot.send_action({"action": far})
+        time.sleep(0.2)
+        held: dict = {}
+        worker = threading.Thread(target=lambda: held.update(robot.hold()), name="holder")
+        worker.start()
+        worker.join(5.0)
+        at_hold = robot.data.qpos[robot._actuated_qpos].copy()
+        assert "holder" not in render_threads  # the GL context never left the main thread
+        # It commanded where the robot was (read from MuJoCo), mid-way, not the far target.
+        assert np.linalg.norm(held["action"] - at_hold) < np.linalg.norm(far - start) * 0.1
+        assert np.linalg.norm(at_hold - start) > 10 and np.linalg.norm(far - at_hold) > 10
+        time.sleep(0.5)
+        after = robot.get_observation()["state"].astype(np.float64)
+        # Stopped: it drifts only the distance a moving PD pusher needs to settle, not on to `far`.
+        assert np.linalg.norm(after - held["action"]) < np.linalg.norm(far - held["action"]) * 0.25
+    assert "MainThread" in render_threads

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from robodiff.hal.base import Robot
 
 HELP = """
 usage: robodiff deploy checkpoint=PATH robot=R [executor=sync|async|ensemble] [duration_s=S]
-                       [record=PATH] [key=value ...] [--json]
+                       [episodes=N] [record=PATH] [key=value ...] [--json]
 
 Runs a checkpoint on a robot in a real-time receding-horizon loop. R is a hardware YAML (name or
 path) or a simulated task name (the run then ends with the episode and reports success and score).
@@ -33,14 +34,17 @@ path) or a simulated task name (the run then ends with the episode and reports s
   executor=async      inference in the background, next chunk spliced in on time (default)
   executor=sync       inference on the control thread; the robot holds meanwhile
   executor=ensemble   ACT temporal ensembling (unimodal policies only)
-  duration_s=S        stop after S seconds (default: until e-stop / end of the simulated episode)
-  record=PATH         save the run as one episode (observations and the actions really sent)
+  duration_s=S        stop after S seconds (default: until e-stop / end of the simulated episode;
+                      with episodes=N, a cap on each episode)
+  episodes=N          simulated tasks: N episodes in a row, episode i reset with seed+i
+  record=PATH         save each episode (observations and the actions really sent)
   inference_delay_s=  add a delay to every inference (emulate a slower computer)
   safety.*            limits (low, high, max_delta), watchdog_s; safety.enabled=false drops the filter
 
 E-stop: press q or space (interactive terminal), or send SIGINT/SIGTERM: the robot holds, then
 disconnects. --json prints loop statistics (period_p50_ms, period_p99_ms, period_error_p99_ms,
-overruns, inference_p50_ms, inference_p99_ms, steps, dropped_actions, stalls, success, score).
+overruns, inference_p50_ms, inference_p99_ms, steps, dropped_actions, stalls, success, score,
+success_rate, mean_score, episodes, episode_results).
 Keys: robodiff/conf/deploy.yaml.
 """
 
@@ -63,6 +67,7 @@ class DeployConfig:
     robot: Optional[str] = None
     executor: str = "async"
     duration_s: Optional[float] = None
+    episodes: int = 1
     record: Optional[str] = None
     fps: Optional[float] = None
     n_action_steps: Optional[int] = None
@@ -102,10 +107,21 @@ def record_features(robot: Robot) -> Features:
 
 
 class TaskOutcome:
-    """A simulated task's scoring during a run: best score, success, and when the episode ends."""
+    """A simulated task's scoring during a run: best score, success, and when the episode ends.
+    `seed` is the one the robot's first reset (at connect) was sampled with."""
 
-    def __init__(self, robot: Any, logic: Any, max_steps: int):
+    def __init__(self, robot: Any, logic: Any, max_steps: int, seed: int | None = None):
         self.robot, self.logic, self.max_steps = robot, logic, int(max_steps)
+        self.seed = seed
+        self.steps = 0
+        self.best = 0.0
+        self.success = False
+
+    def reset(self, seed: int) -> None:
+        """Start a new episode from the task's reset drawn with `seed` alone, as `robodiff eval`
+        resets its episode with that seed (so the same seeds give the same starts)."""
+        rng = np.random.default_rng(seed)
+        self.robot.reset(lambda model, data: self.logic.reset(model, data, rng))
         self.steps = 0
         self.best = 0.0
         self.success = False
@@ -136,7 +152,7 @@ def build_robot(name: str, seed: int) -> tuple[Robot, TaskOutcome | None]:
 
         task = load_task(name)
         robot, logic = build_task_robot(task, render=True, realtime=True, seed=seed)
-        return robot, TaskOutcome(robot, logic, task.max_steps)
+        return robot, TaskOutcome(robot, logic, task.max_steps, seed=seed)
     return make_robot(name, realtime=True), None
 
 
@@ -145,9 +161,17 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
            estop: EStop | None = None, make_policy: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Run `policy` on the (unconnected) `robot` until the duration, episode end or e-stop.
 
+    With `cfg.episodes` = N > 1 (simulated tasks only) the robot is reset for each of N episodes,
+    episode i with seed `outcome.seed + i`; the executor (and its inference process) is kept.
     Without `estop`, one is made from SIGINT/SIGTERM (main thread) and the terminal keys.
     `make_policy` (picklable, builds the same policy) moves background inference into its own
     process; without it, background inference runs on a thread of this one."""
+    episodes = int(getattr(cfg, "episodes", 1))
+    if episodes < 1:
+        raise UserError(f"episodes={episodes}: need at least 1")
+    if episodes > 1 and outcome is None:
+        raise UserError(f"episodes={episodes}: robot '{robot_name}' is not a simulated task, which "
+                        "alone can be reset between episodes (use duration_s= on hardware)")
     fps = float(cfg.fps or getattr(robot, "fps", None) or DEFAULT_FPS)
     dt = 1.0 / fps
     safety = cfg.safety
@@ -170,26 +194,90 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
         recorder = EpisodeRecorder(store)
     executor = make_executor(cfg.executor, policy, dt, cfg.n_action_steps, cfg.inference_delay_s,
                              make_policy=make_policy, torch_threads=_torch_threads(cfg))
-    policy.reset()
     own_estop = estop is None
     estop = EStop().install() if estop is None else estop
+    rows: list[dict[str, Any]] = []
+    recorded: list[int] = []
     try:
         with robot:
             safe = SafeRobot(robot, safety_filter, watchdog_s, estop)
+            # One runner, clock and executor for the whole run: loop statistics are run totals.
             runner = Runner(safe, executor, Clock(dt), ObservationHistory(policy.n_obs_steps,
                             keys=list(policy.obs_keys)), estop, recorder=recorder,
                             outcome=outcome, progress=progress,
                             realtime=bool(cfg.realtime_priority) and cfg.executor != "sync")
-            stats = runner.run(cfg.duration_s)
+            for i in range(episodes):
+                if i > 0:
+                    if estop.is_set():
+                        break
+                    forget_plan(executor)
+                    outcome.reset(_episode_seed(outcome, i))
+                policy.reset()
+                steps_before = runner.steps
+                stats = runner.run(cfg.duration_s)
+                if recorder is not None and len(recorder):
+                    recorded.append(recorder.commit())
+                if outcome is not None:
+                    rows.append({"episode": i, "seed": _episode_seed(outcome, i),
+                                 "success": bool(stats.get("success", False)),
+                                 "score": float(stats.get("score", 0.0)),
+                                 "steps": runner.steps - steps_before,
+                                 "stop_reason": stats["stop_reason"],
+                                 "duration_s": stats["duration_s"]})
     finally:
         if own_estop:
             estop.uninstall()
         executor.close()
-    if recorder is not None and len(recorder):
-        stats["recorded_episode"] = recorder.commit()
+    if rows:
+        # An episode cut short by an e-stop counts with what it reached, as with one episode.
+        stats["success_rate"] = sum(r["success"] for r in rows) / len(rows)
+        stats["mean_score"] = round(float(np.mean([r["score"] for r in rows])), 4)
+        stats["success"] = all(r["success"] for r in rows)
+        stats["score"] = stats["mean_score"]
+        stats["episodes"] = len(rows)
+        stats["episode_results"] = rows
+        stats["duration_s"] = round(sum(r["duration_s"] for r in rows), 3)
+    if recorded:
+        stats["recorded_episode"] = recorded[0]
+        stats["recorded_episodes"] = recorded
         stats["record"] = str(cfg.record)
     stats.update({"fps": fps, "watchdog_s": watchdog_s, "safety": bool(safety.enabled)})
     return stats
+
+
+def _episode_seed(outcome: TaskOutcome, index: int) -> int | None:
+    return None if outcome.seed is None else outcome.seed + index
+
+
+# Longest wait for an inference of the previous episode still in flight.
+DRAIN_TIMEOUT_S = 60.0
+
+
+def forget_plan(executor: Any) -> None:
+    """Between episodes: drop the actions planned for the previous one (they are absolute targets
+    from a state the reset just replaced) and wait out its inference in flight, so neither plays
+    in the next episode. The latency estimate and counters stay (run totals).
+
+    The executors have no reset of their own yet; this knows what each keeps: `queue` (sync),
+    `plan` (async), `chunks` (ensemble)."""
+    if hasattr(executor, "reset"):
+        executor.reset()
+        return
+    backend = getattr(executor, "backend", None)
+    if backend is not None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while backend.busy and time.monotonic() < deadline:
+            if backend.poll() is None:
+                time.sleep(0.005)
+        if backend.busy:
+            raise RuntimeError(f"an inference did not finish within {DRAIN_TIMEOUT_S:.0f} s")
+        backend.poll()  # a result that arrived as `busy` cleared: discard it too
+    for name in ("queue", "plan", "chunks"):
+        planned = getattr(executor, name, None)
+        if planned is not None:
+            planned.clear()
+    if hasattr(executor, "played_from_chunk"):
+        executor.played_from_chunk = 0
 
 
 def _torch_threads(cfg: Any) -> int:
@@ -220,6 +308,8 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     robot_name = str(require(cfg, "robot", "deploy"))
     if cfg.executor not in EXECUTORS:
         raise ConfigError(f"executor '{cfg.executor}' is not one of {', '.join(EXECUTORS)}")
+    if cfg.episodes < 1:  # before the slow imports below
+        raise UserError(f"episodes={cfg.episodes}: need at least 1")
     if not Path(checkpoint).exists():  # before the slow imports below
         raise UserError(f"{checkpoint}: no such checkpoint or run directory")
     import torch
@@ -243,6 +333,9 @@ def _human(stats: dict[str, Any]) -> str:
              f"error p99 {stats['period_error_p99_ms']} ms", f"overruns {stats['overruns']}",
              f"inference p50 {stats['inference_p50_ms']} ms p99 {stats['inference_p99_ms']} ms",
              f"dropped {stats['dropped_actions']}", f"stalls {stats['stalls']}"]
-    if "success" in stats:
+    if stats.get("episodes", 1) > 1:
+        parts.append(f"{stats['episodes']} episodes: success rate {stats['success_rate']:.2f} "
+                     f"mean score {stats['mean_score']}")
+    elif "success" in stats:
         parts.append(f"success {stats['success']} score {stats.get('score')}")
     return "deploy: " + ", ".join(parts)

@@ -48,7 +48,11 @@ class TimestampAlignment:
 
 
 class Runner:
-    """`run(duration_s)` -> statistics. `outcome()` (simulated tasks) returns at least `done`."""
+    """`run(duration_s)` -> statistics. `outcome()` (simulated tasks) returns at least `done`.
+
+    `run` may be called again for the next episode (after the robot was reset): `steps`, the
+    clock's timings, the executor's and the safety layer's counters are totals over every run,
+    `stop_reason`, `duration_s` and the outcome are this run's."""
 
     def __init__(self, robot: SafeRobot, executor: Executor, clock: Clock,
                  history: ObservationHistory, estop: EStop,
@@ -73,6 +77,8 @@ class Runner:
     def run(self, duration_s: float | None = None) -> dict[str, Any]:
         action_dim = int(np.prod(self.robot.robot.action_features[self.robot.action_key].shape))
         first = self.robot.get_observation()
+        # A reset robot may have restarted its own clock: align its timestamps afresh.
+        self.align = TimestampAlignment()
         self.robot.start(current_position(first, action_dim))
         self.history.reset()
         result: dict[str, Any] = {}

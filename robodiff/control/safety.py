@@ -5,9 +5,10 @@
 - `EStop`: an emergency stop set by SIGINT/SIGTERM or by `q`/space on an interactive terminal.
 - `SafeRobot`: owns the robot while the loop runs. Every action goes through the filter; what it
   returns is what `robot.send_action` returned (what was really sent, so that is what is recorded).
-  A watchdog thread holds the robot (re-commands the last safe action) when no fresh action
-  arrived within `watchdog_s` (a hung or slow policy on the control thread) and at once on an
-  e-stop, even while the control thread is blocked in inference.
+  A watchdog thread holds the robot (`robot.hold()`: it commands its current position, and must be
+  thread-safe) when no fresh action arrived within `watchdog_s` (a hung or slow policy on the
+  control thread) and at once on an e-stop, even while the control thread is blocked in inference.
+  After a hold the rate limit counts from the held position, so the next action cannot jump.
 """
 
 from __future__ import annotations
@@ -58,33 +59,32 @@ class ActionLimits:
         return len(self.low)
 
 
-def robot_limits(robot: Robot) -> dict[str, list[float]]:
-    """The limits a robot publishes for its `action` (from its hardware YAML or task).
+def robot_limits(robot: Robot, action_key: str = "action") -> dict[str, list[float]]:
+    """The limits a robot publishes for `action_key` (`robot.action_limits`, from its hardware
+    YAML or task); empty when it publishes none.
 
-    Read from `robot.action_limits` (a mapping with `low`, `high` and optionally `max_delta` per
-    step, or a `(low, high)` pair) or else from the parsed hardware YAML `robot.hardware`
-    (`action_low`/`action_high`, as `MujocoRobot` carries it); empty when the robot has neither.
+    `action_limits` is `{action_key: (low, high)}`; a robot that also knows its largest change per
+    step may publish `{"low", "high", "max_delta"}` for its one action instead.
     """
-    raw: Any = getattr(robot, "action_limits", None)
-    if callable(raw):
-        raw = raw()
-    hardware = getattr(robot, "hardware", None)
-    if raw is None and hardware is not None and len(getattr(hardware, "action_low", ())):
-        raw = (hardware.action_low, hardware.action_high)
+    raw = robot.action_limits
     if raw is None:
         return {}
-    if isinstance(raw, dict):
+    if action_key in raw:
+        low, high = raw[action_key]
+        return {"low": np.asarray(low, np.float64).reshape(-1).tolist(),
+                "high": np.asarray(high, np.float64).reshape(-1).tolist()}
+    if "low" in raw and "high" in raw:
         return {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in raw.items()
                 if k in ("low", "high", "max_delta") and v is not None}
-    low, high = raw
-    return {"low": np.asarray(low, np.float64).reshape(-1).tolist(),
-            "high": np.asarray(high, np.float64).reshape(-1).tolist()}
+    raise ConfigError(f"robot '{getattr(robot, 'name', '?')}' publishes action limits for "
+                      f"{', '.join(map(str, raw))}, not for '{action_key}'")
 
 
 def resolve_limits(robot: Robot, low: list[float] | None, high: list[float] | None,
-                   max_delta: list[float] | float | None, max_delta_fraction: float) -> ActionLimits:
+                   max_delta: list[float] | float | None, max_delta_fraction: float,
+                   action_key: str = "action") -> ActionLimits:
     """Config values win over the robot's; without a per-step bound, a fraction of the range."""
-    published = robot_limits(robot)
+    published = robot_limits(robot, action_key)
     low = low if low is not None else published.get("low")
     high = high if high is not None else published.get("high")
     if low is None or high is None:
@@ -248,6 +248,8 @@ class SafeRobot:
         dtype = self.robot.action_features[self.action_key].dtype
         self.last_sent = np.asarray(current_position, dtype=dtype)
         self._last_fresh = self.now()
+        self._held_since_fresh = False
+        self._stop.clear()  # start() again after stop(), e.g. for the next episode
         self._thread = threading.Thread(target=self._watch, name="safety-watchdog", daemon=True)
         self._thread.start()
 
@@ -257,15 +259,16 @@ class SafeRobot:
 
     def send(self, proposed: np.ndarray | None) -> dict[str, np.ndarray]:
         """Filter and send one action; `None` re-sends the last safe action (hold in place)."""
-        if self.filter is not None:
-            action = self.filter(proposed)
-        elif proposed is None:
-            if self.last_sent is None:
-                raise RuntimeError("SafeRobot.start(current_position) was not called")
-            action = self.last_sent
-        else:
-            action = np.asarray(proposed)
+        # The filter runs under the lock: a watchdog hold resets it from another thread.
         with self.lock:
+            if self.filter is not None:
+                action = self.filter(proposed)
+            elif proposed is None:
+                if self.last_sent is None:
+                    raise RuntimeError("SafeRobot.start(current_position) was not called")
+                action = self.last_sent
+            else:
+                action = np.asarray(proposed)
             sent = self.robot.send_action({self.action_key: action})
             self.last_sent = np.asarray(sent[self.action_key])
             self._last_fresh = self.now()
@@ -273,19 +276,15 @@ class SafeRobot:
         return sent
 
     def hold(self) -> None:
-        """The robot's own hold (command its current position). Control thread only: a robot may
-        own thread-bound resources (a simulator's GL context renders in `get_observation`)."""
+        """The robot's own hold (command its current position); any thread (see `Robot.hold`)."""
         with self.lock:
-            self.robot.hold()
-            self.holds += 1
-            self._held_since_fresh = True
-
-    def _hold_from_watchdog(self) -> None:
-        # From this thread, re-command the last safe action rather than call robot.hold(): it
-        # needs nothing but send_action, and the rate limit bounds how far the robot still moves.
-        with self.lock:
-            if self.last_sent is not None:
-                self.robot.send_action({self.action_key: self.last_sent})
+            held = self.robot.hold()
+            if held is not None and self.action_key in held:
+                self.last_sent = np.asarray(held[self.action_key])
+                if self.filter is not None and np.all(np.isfinite(self.last_sent)):
+                    # The robot now targets where it is: rate-limit the next action from there, or
+                    # it could differ from this command by the lag behind the previous target.
+                    self.filter.reset(self.last_sent)
             self.holds += 1
             self._held_since_fresh = True
 
@@ -294,12 +293,12 @@ class SafeRobot:
         while not self._stop.is_set():
             if self.estop.wait(poll):
                 if not self._held_since_fresh:
-                    self._hold_from_watchdog()
+                    self.hold()
                 self._stop.wait(poll)
                 continue
             if not self._held_since_fresh and self.now() - self._last_fresh > self.watchdog_s:
                 self.watchdog_trips += 1
-                self._hold_from_watchdog()
+                self.hold()
 
     def stop(self) -> None:
         self._stop.set()

@@ -95,6 +95,19 @@ class Robot(Device):
     @abc.abstractmethod
     def action_features(self) -> Features: ...
 
+    # Set on an instance when limits are only known at run time (e.g. after a calibration).
+    _action_limits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    @property
+    def action_limits(self) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """`{action_key: (low, high)}` arrays in robot units that commands must stay within, or
+        None when unknown (the safety layer then needs limits from the config)."""
+        return self._action_limits
+
+    @action_limits.setter
+    def action_limits(self, value: dict[str, tuple[np.ndarray, np.ndarray]] | None) -> None:
+        self._action_limits = value
+
     def get_observation(self) -> dict[str, Any]:
         self._require_connected()
         return self._get_observation()
@@ -109,15 +122,23 @@ class Robot(Device):
     @abc.abstractmethod
     def _send_action(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def hold(self) -> None:
-        """Stop moving: command the current position (the safe default on any fault)."""
-        self._require_connected()
-        self._hold()
+    def hold(self) -> dict[str, np.ndarray] | None:
+        """Stop moving: command the current position (the safe default on any fault). Returns what
+        was commanded, or None when the robot could not tell its position.
 
-    def _hold(self) -> None:
+        The safety watchdog calls this from its own thread while the control thread may be busy,
+        so `_hold` must not use thread-bound resources (e.g. a GL context that renders cameras)."""
+        self._require_connected()
+        return self._hold()
+
+    def _hold(self) -> dict[str, np.ndarray] | None:
+        # Generic fallback via a full observation: a robot whose observation is thread-bound or
+        # slow (rendered or polled cameras) overrides this to read its joint positions alone.
         obs = self._get_observation()
-        if "state" in obs:
-            self._send_action({"action": np.asarray(obs["state"])[: self.action_features["action"].shape[0]]})
+        if "state" not in obs:
+            return None
+        dim = self.action_features["action"].shape[0]
+        return self._send_action({"action": np.asarray(obs["state"])[:dim]})
 
 
 class Teleop(Device):

@@ -112,6 +112,12 @@ class MujocoRobot(Robot):
     def action_features(self) -> Features:
         return {"action": Feature("action", (len(self._actuators),), "float32", names=self.hardware.actuators)}
 
+    @property
+    def action_limits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """`limits.action` of the hardware YAML, what `send_action` clamps to (copies: callers
+        must not be able to widen the robot's own clamp)."""
+        return {"action": (self._low.copy(), self._high.copy())}
+
     # ---- lifecycle ------------------------------------------------------------------------------
     def _connect(self) -> None:
         for cam in self.cameras.values():
@@ -133,7 +139,7 @@ class MujocoRobot(Robot):
             mujoco.mj_resetData(self.model, self.data)
             if initialize is not None:
                 initialize(self.model, self.data)
-            self.data.ctrl[self._actuators] = np.clip(self.data.qpos[self._actuated_qpos], self._low, self._high)
+            self.data.ctrl[self._actuators] = self._actuated_positions()
             mujoco.mj_forward(self.model, self.data)
             self._t0 = time.monotonic()
 
@@ -189,6 +195,20 @@ class MujocoRobot(Robot):
             if not self.realtime:
                 mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         return {"action": sent}
+
+    def _actuated_positions(self) -> np.ndarray:
+        """Where the actuated joints are, as a command (position actuators, clamped to the limits)."""
+        return np.clip(self.data.qpos[self._actuated_qpos], self._low, self._high)
+
+    def _hold(self) -> dict[str, np.ndarray]:
+        # Straight from MjData, never through the cameras: rendering is bound to the thread that
+        # made the GL context, and the safety watchdog holds from its own thread.
+        with self._lock:
+            if self.realtime:
+                self._catch_up()  # hold where the robot is now, not where it was at the last call
+            # No physics step even when not realtime: holding is a command, not a control period.
+            self.data.ctrl[self._actuators] = self._actuated_positions()
+            return {"action": self.data.ctrl[self._actuators].astype(np.float32)}
 
     def render(self, camera: str, size: int) -> np.ndarray:
         """A frame from any MJCF camera at `size` x `size` (for videos; not an observation)."""

@@ -1,0 +1,101 @@
+"""Teleop devices: the terminal keyboard on a real pseudo-terminal, the registry, the expert."""
+
+from __future__ import annotations
+
+import os
+import termios
+
+import numpy as np
+import pytest
+
+from robodiff.errors import UserError
+from robodiff.features import Feature
+from robodiff.hal.teleop import TELEOPS, KeyboardTeleop, make_teleop
+
+ACTION = Feature("action", (2,), "float32")
+
+
+@pytest.fixture
+def pty_pair():
+    master, slave = os.openpty()
+    yield master, slave
+    os.close(master)
+    os.close(slave)
+
+
+def test_keyboard_moves_target_from_arrow_and_wasd_keys(pty_pair):
+    master, slave = pty_pair
+    before = termios.tcgetattr(slave)
+    teleop = KeyboardTeleop(ACTION, step=0.1, fd=slave)
+    with teleop:
+        assert not termios.tcgetattr(slave)[3] & termios.ICANON  # line buffering off while connected
+        teleop.reset()
+        obs = {"state": np.array([0.5, -0.2, 9.0], dtype=np.float32)}
+        np.testing.assert_allclose(teleop.get_action(obs)["action"], [0.5, -0.2])
+        os.write(master, b"\x1b[A\x1b[A" + b"d" + b"\x1bOD" + b"a")  # up, up, right, left, left
+        np.testing.assert_allclose(teleop.get_action(obs)["action"], [0.4, 0.0], atol=1e-6)
+        os.write(master, b"s ")
+        np.testing.assert_allclose(teleop.get_action(obs)["action"], [0.4, -0.1], atol=1e-6)
+        assert teleop.pop_event() == "done" and teleop.pop_event() is None
+    assert termios.tcgetattr(slave) == before  # terminal restored on disconnect
+
+
+def test_keyboard_escape_sequence_split_across_reads_and_events(pty_pair):
+    master, slave = pty_pair
+    teleop = KeyboardTeleop(ACTION, step=1.0, fd=slave, low=np.array([-1, -1]), high=np.array([1, 1]))
+    with teleop:
+        teleop.reset()
+        os.write(master, b"\x1b[")
+        np.testing.assert_allclose(teleop.get_action({})["action"], [0, 0])
+        os.write(master, b"Cdddx")  # completes "right", then more right presses clip at the bound
+        np.testing.assert_allclose(teleop.get_action({})["action"], [1, 0])
+        assert teleop.pop_event() == "discard"
+        os.write(master, b"q")
+        teleop.get_action({})
+        assert teleop.events == ["quit"]
+        teleop.reset()
+        assert teleop.events == [] and teleop.get_action({"state": np.zeros(2)})["action"].tolist() == [0, 0]
+
+
+def test_keyboard_without_a_tty_is_a_clear_user_error():
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(UserError, match="not a TTY"):
+            KeyboardTeleop(ACTION, fd=read_end).connect()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("name", ["spacemouse", "gamepad", "leader"])
+def test_hardware_teleops_keep_their_names_and_say_what_is_missing(name):
+    assert name in TELEOPS
+    with pytest.raises(UserError, match=f"teleop={name} comes with the hardware extras"):
+        make_teleop(name, task=None, env=None)
+
+
+def test_unknown_teleop_names_it():
+    with pytest.raises(UserError, match="unknown teleop 'joystick'"):
+        make_teleop("joystick", task=None, env=None)
+
+
+def test_expert_teleop_gives_the_scripted_experts_actions():
+    from robodiff.sim.env import make_env
+    from robodiff.sim.experts import make_expert
+    from robodiff.sim.tasks import load_task
+
+    task = load_task("push_block")
+    env = make_env(task, render=False)
+    try:
+        teleop = make_teleop("expert", task, env)
+        reference = make_expert(task, 7)
+        with teleop:
+            teleop.reset(7)
+            reference.reset()
+            obs = env.reset(7)
+            for _ in range(5):
+                action = teleop.get_action(obs)["action"]
+                np.testing.assert_allclose(action, reference.act(obs, env), atol=1e-6)
+                obs = env.step(action)[0]
+    finally:
+        env.close()
