@@ -49,6 +49,9 @@ def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     log(f"collecting {cfg.demos} expert demonstrations of {cfg.task}")
     summary = collect(task=cfg.task, teleop="expert", episodes=cfg.demos, out=partial / "demos.zarr",
                       seed=cfg.seed)
+    if summary.get("interrupted"):
+        # collect keeps the episodes it committed; for the quickstart an incomplete set is no result.
+        raise KeyboardInterrupt
     _finish_stage(partial, final, settings)
     return final / "demos.zarr", summary
 
@@ -56,7 +59,9 @@ def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
 def policy_overrides(cfg: DictConfig) -> list[str]:
     dims = ",".join(str(int(d)) for d in cfg.down_dims)
     return [f"policy.encoder.backbone={cfg.encoder}", f"policy.denoiser.down_dims=[{dims}]",
-            f"policy.denoiser.diffusion_step_embed_dim={cfg.diffusion_step_embed_dim}"]
+            f"policy.denoiser.diffusion_step_embed_dim={cfg.diffusion_step_embed_dim}",
+            f"policy.n_obs_steps={cfg.n_obs_steps}", f"policy.n_action_steps={cfg.n_action_steps}",
+            f"training.lr={cfg.lr}", f"training.lr_warmup_steps={cfg.lr_warmup_steps}"]
 
 
 def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:

@@ -13,7 +13,8 @@ simulation and writes DIR/report.md (success rate, loss curve, success-by-episod
 videos). Stages completed with the same settings are reused on a rerun.
 
 keys (robodiff/conf/quickstart.yaml): out seed task demos train_steps batch_size policy
-  encoder down_dims diffusion_step_embed_dim device eval.episodes eval.seed eval.n_envs eval.n_videos
+  lr lr_warmup_steps encoder down_dims diffusion_step_embed_dim
+  n_obs_steps n_action_steps device eval.episodes eval.seed eval.n_envs eval.n_videos
 --json: last stdout line {"success_rate", "demos", "train_seconds", "eval_episodes", ...}
 """
 
