@@ -25,15 +25,6 @@ STATS = {k: {"min": [-1.0] * n, "max": [2.0] * n, "mean": [0.5] * n, "std": [1.0
          for k, n in (("state", 3), ("action", 2))}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Same thread count here and in the child process, so float reductions run in the same order.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_policy(seed: int = 0) -> torch.nn.Module:
     from robodiff.config import compose, to_dict
 

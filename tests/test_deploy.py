@@ -27,39 +27,9 @@ from robodiff.features import Feature  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-GOTO_SOURCE = '''
-class GoToPolicy:
-    """A test double for a trained policy: chunks that walk the pusher towards `target`."""
-
-    n_obs_steps, horizon, n_action_steps = 2, 16, 8
-    obs_keys = ["state"]
-    action_key = "action"
-
-    def __init__(self, target, speed=15.0, hang_on_call=None):
-        self.target = np.asarray(target, dtype=np.float64)
-        self.speed = speed
-        self.calls = 0
-        self.hang_on_call = hang_on_call
-        self.hanging = threading.Event()
-        self.release = threading.Event()
-        self.features = {"state": Feature("lowdim", (2,)), "action": Feature("action", (2,))}
-
-    def reset(self):
-        self.calls = 0
-
-    def predict_action_chunk(self, obs_history):
-        assert obs_history["state"].shape == (self.n_obs_steps, 2)
-        self.calls += 1
-        if self.calls == self.hang_on_call:
-            self.hanging.set()
-            self.release.wait()
-        current = obs_history["state"][-1].astype(np.float64)
-        gap = self.target - current
-        dist = float(np.linalg.norm(gap)) + 1e-9
-        steps = np.arange(self.horizon) - (self.n_obs_steps - 2)
-        return (current + gap / dist * np.minimum(dist, self.speed * steps)[:, None]).astype(np.float32)
-'''
-exec(GOTO_SOURCE)  # the subprocess test runs the same class
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+from policy_doubles import GoToPolicy  # noqa: E402
 
 TARGET = (100.0, 450.0)  # along the pusher's start row, clear of the block
 
@@ -71,7 +41,7 @@ def _cfg(**kw) -> DeployConfig:
 @pytest.mark.parametrize("executor", ["sync", "async"])
 def test_deploy_moves_the_sim_robot_and_records_what_was_sent(executor, tmp_path):
     robot, outcome = build_robot("push_block", seed=3)
-    policy = GoToPolicy(TARGET)  # noqa: F821 - defined by exec above
+    policy = GoToPolicy(TARGET)
     store_path = tmp_path / "run.zarr"
     stats = deploy(policy, robot, _cfg(executor=executor, duration_s=2.0, record=str(store_path)),
                    "push_block", outcome=outcome, progress=False)
@@ -114,7 +84,7 @@ def test_a_hanging_policy_is_held_by_the_watchdog_within_its_period():
 
     robot._send_action = spy
     robot._hold = hold_spy
-    policy = GoToPolicy(TARGET, hang_on_call=2)  # noqa: F821
+    policy = GoToPolicy(TARGET, hang_on_call=2)
     estop = EStop()
     result: dict = {}
     cfg = _cfg(executor="sync", duration_s=30.0, safety=SafetyConfig(watchdog_s=0.2))
@@ -143,7 +113,9 @@ def test_sigint_holds_then_exits_cleanly(tmp_path):
         import numpy as np
         from robodiff.commands.deploy import DeployConfig, build_robot, deploy
         from robodiff.features import Feature
-    ''') + GOTO_SOURCE + textwrap.dedent('''
+        sys.path.insert(0, sys.argv[1])
+        from policy_doubles import GoToPolicy
+
         class Announcing(GoToPolicy):
             def predict_action_chunk(self, obs_history):
                 if self.calls == 0:
@@ -156,7 +128,7 @@ def test_sigint_holds_then_exits_cleanly(tmp_path):
         print(json.dumps({"stop_reason": stats["stop_reason"], "holds": stats["holds"],
                           "connected": robot.is_connected, "steps": stats["steps"]}))
     '''))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script), str(TESTS)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == "RUNNING"
@@ -175,7 +147,7 @@ def test_sigint_holds_then_exits_cleanly(tmp_path):
 
 def test_feature_mismatch_is_a_one_line_error_naming_the_key():
     robot, _ = build_robot("push_block", seed=0)
-    policy = GoToPolicy(TARGET)  # noqa: F821
+    policy = GoToPolicy(TARGET)
     check_features(policy, robot, "ck", "push_block")
     policy.obs_keys = ["state", "wrist"]
     policy.features["wrist"] = Feature("image", (96, 96, 3), "uint8")
@@ -273,7 +245,7 @@ def test_measure_async_timing_over_60_s(delay, tmp_path):
     assert stats["steps"] >= 590
 
 
-class SlowInEpisode(GoToPolicy):  # noqa: F821
+class SlowInEpisode(GoToPolicy):
     """GoToPolicy whose first inference of episode `slow_episode` takes `delay_s`."""
 
     def __init__(self, target, slow_episode, delay_s):
@@ -331,7 +303,7 @@ def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path)
 def test_episodes_is_checked_in_one_line():
     robot, _ = build_robot("sim_pusher", seed=0)  # hardware: nothing to reset between episodes
     with pytest.raises(UserError, match="episodes=2.*not a simulated task"):
-        deploy(GoToPolicy(TARGET), robot, _cfg(episodes=2), "sim_pusher", progress=False)  # noqa: F821
+        deploy(GoToPolicy(TARGET), robot, _cfg(episodes=2), "sim_pusher", progress=False)
     assert not robot.is_connected
     proc = _cli("checkpoint=x", "robot=push_block", "episodes=0", "--json")
     assert proc.returncode == 2

@@ -29,17 +29,6 @@ FP32_ATOL = 1e-3
 # bf16 weights: ~3 significant digits per layer; 2 % of the action range after 10 steps.
 BF16_ATOL = 0.2
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors on a shared 2-core machine: a second intra-op thread only adds spin-waits
-    # (measured 10x slower under load); restored afterwards for the other test modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def policy_for(name: str = "diffusion_unet", prediction_type: str = "epsilon"):
     cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
     cfg["horizon"], cfg["n_action_steps"] = 8, 4

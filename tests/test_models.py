@@ -15,17 +15,6 @@ from robodiff.models.spatial_softmax import SpatialSoftmax
 from robodiff.models.transformer import TransformerDenoiser
 from robodiff.models.unet1d import ConditionalUnet1D
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors on a shared 2-core machine: a second intra-op thread only adds spin-waits
-    # (measured 10x slower under load); restored afterwards for the other test modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def torchvision_resnet18_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict laid out as torchvision.models.resnet18().state_dict(), written out by its naming rules."""
     g = torch.Generator().manual_seed(seed)

@@ -19,14 +19,6 @@ ROUTE_STEPS = 16
 SWERVE = 0.5  # lateral distance of each route from the straight line through the obstacle
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def obstacle_store(path: Path, n_episodes: int = 64, hold: int = 6, seed: int = 0) -> Path:
     """Start near (0, 0), goal (0, 1), obstacle at (0, 0.5): x = side * 0.5 * sin(pi * y)."""
     rng = np.random.default_rng(seed)

@@ -22,17 +22,6 @@ FEATURES = {"cam": Feature("image", (32, 32, 3), "uint8"), "state": Feature("low
 STATS = {"state": {"min": [0, 0, 0], "max": [1, 1, 1], "mean": [0.5] * 3, "std": [0.3] * 3},
          "action": {"min": [10.0, -5.0], "max": [20.0, 5.0], "mean": [15.0, 0.0], "std": [3.0, 3.0]}}
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors on a shared 2-core machine: a second intra-op thread only adds spin-waits
-    # (measured 10x slower under load); restored afterwards for the other test modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def small_cfg(name: str = "diffusion_unet", **changes) -> dict:
     cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
     cfg["horizon"], cfg["n_action_steps"] = 8, 4

@@ -21,15 +21,6 @@ TINY = ["policy.denoiser.down_dims=[32,64]", "policy.denoiser.diffusion_step_emb
         "logging.progress=false", "training.batch_size=16", "training.log_every=4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a loaded machine OpenMP threads spin against each other: one thread is far faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def lowdim_store(path: Path, n_episodes: int = 6, length: int = 30, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     features = {"state": Feature("lowdim", (3,)), "action": Feature("action", (2,)),
