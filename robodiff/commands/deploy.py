@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +209,7 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
                 if i > 0:
                     if estop.is_set():
                         break
-                    forget_plan(executor)
+                    executor.reset()
                     outcome.reset(_episode_seed(outcome, i))
                 policy.reset()
                 steps_before = runner.steps
@@ -247,37 +246,6 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
 
 def _episode_seed(outcome: TaskOutcome, index: int) -> int | None:
     return None if outcome.seed is None else outcome.seed + index
-
-
-# Longest wait for an inference of the previous episode still in flight.
-DRAIN_TIMEOUT_S = 60.0
-
-
-def forget_plan(executor: Any) -> None:
-    """Between episodes: drop the actions planned for the previous one (they are absolute targets
-    from a state the reset just replaced) and wait out its inference in flight, so neither plays
-    in the next episode. The latency estimate and counters stay (run totals).
-
-    The executors have no reset of their own yet; this knows what each keeps: `queue` (sync),
-    `plan` (async), `chunks` (ensemble)."""
-    if hasattr(executor, "reset"):
-        executor.reset()
-        return
-    backend = getattr(executor, "backend", None)
-    if backend is not None:
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while backend.busy and time.monotonic() < deadline:
-            if backend.poll() is None:
-                time.sleep(0.005)
-        if backend.busy:
-            raise RuntimeError(f"an inference did not finish within {DRAIN_TIMEOUT_S:.0f} s")
-        backend.poll()  # a result that arrived as `busy` cleared: discard it too
-    for name in ("queue", "plan", "chunks"):
-        planned = getattr(executor, name, None)
-        if planned is not None:
-            planned.clear()
-    if hasattr(executor, "played_from_chunk"):
-        executor.played_from_chunk = 0
 
 
 def _torch_threads(cfg: Any) -> int:

@@ -305,6 +305,10 @@ class Executor:
     def close(self) -> None:
         """Release background resources."""
 
+    def reset(self) -> None:
+        """Between episodes: forget the planned actions (absolute targets from a state a reset just
+        replaced). Latency estimates and counters stay: they are run totals."""
+
     def stats(self) -> dict[str, float | int]:
         lat = np.asarray(self.latency.all) * 1e3
         pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: float("nan"))
@@ -324,6 +328,9 @@ class SyncExecutor(Executor):
         self.sleep = sleep
         self.queue: deque[np.ndarray] = deque()
 
+    def reset(self) -> None:
+        self.queue.clear()
+
     def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
         if not self.queue:
             start = self.now()
@@ -342,6 +349,21 @@ class SyncExecutor(Executor):
         return self.queue.popleft()
 
 
+# Longest wait for an inference of the previous episode still in flight.
+DRAIN_TIMEOUT_S = 60.0
+
+
+def drain(backend: BackgroundInference) -> None:
+    """Wait out an inference in flight and discard its result, so it never plays later."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while backend.busy and time.monotonic() < deadline:
+        if backend.poll() is None:
+            time.sleep(0.005)
+    if backend.busy:
+        raise RuntimeError(f"an inference did not finish within {DRAIN_TIMEOUT_S:.0f} s")
+    backend.poll()  # a result that arrived as `busy` cleared: discard it too
+
+
 class AsyncExecutor(Executor):
     """See the module docstring. `backend` needs `busy`, `submit(obs, t_obs)`, `poll()`, `close()`."""
 
@@ -355,6 +377,11 @@ class AsyncExecutor(Executor):
         self.plan: deque[TimedAction] = deque()
         self.played_from_chunk = 0
         self.splices = 0
+
+    def reset(self) -> None:
+        drain(self.backend)
+        self.plan.clear()
+        self.played_from_chunk = 0
 
     def lead_steps(self) -> int:
         """Ticks that the next inference is expected to take, plus a margin."""
@@ -417,6 +444,10 @@ class EnsembleExecutor(Executor):
         self.k = float(k)
         # Oldest first; each is the remaining timestamped actions of one chunk.
         self.chunks: deque[deque[TimedAction]] = deque()
+
+    def reset(self) -> None:
+        drain(self.backend)
+        self.chunks.clear()
 
     def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
         result = self.backend.poll()
