@@ -92,13 +92,16 @@ class LatencyEstimate:
         self.samples: deque[float] = deque(maxlen=window)
         self.all: list[float] = []
         self.quantile = quantile
+        self._estimate = 0.0
 
     def add(self, seconds: float) -> None:
         self.samples.append(seconds)
         self.all.append(seconds)
+        # Computed here, once per inference, not on every control tick that asks for it.
+        self._estimate = float(np.quantile(self.samples, self.quantile))
 
     def estimate(self) -> float:
-        return float(np.quantile(self.samples, self.quantile)) if self.samples else 0.0
+        return self._estimate
 
 
 class BackgroundInference:

@@ -15,7 +15,7 @@ from robodiff.errors import StoreError
 BLOCK_BYTES = 16 * 1024 * 1024
 
 
-def _ends_problems(ends: np.ndarray) -> list[str]:
+def ends_problems(ends: np.ndarray) -> list[str]:
     if len(ends) and ends[0] <= 0:
         return [f"meta/episode_ends[0] is {int(ends[0])}: the first episode is empty"]
     bad = np.nonzero(np.diff(ends) <= 0)[0]
@@ -102,7 +102,7 @@ def validate_store(path: str | os.PathLike, repair: bool = False) -> dict:
     store = EpisodeStore.open(path)  # writable only if there is something to repair
     try:
         keys = sorted(store._data_group().array_keys())
-        problems = _ends_problems(store.episode_ends)
+        problems = ends_problems(store.episode_ends)
         if problems:  # frame counts derived from broken ends would only add noise
             return {"valid": False, "episodes": store.n_episodes, "problems": problems}
         structural, tail = _structure_problems(store, keys)

@@ -157,15 +157,18 @@ def read_policy_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{ckpt / META}: not valid JSON ({exc})") from None
 
 
-def read_tensors(path: str | os.PathLike, prefix: str) -> dict[str, torch.Tensor]:
-    """`model` or `ema` tensors with the prefix stripped."""
+def read_weights(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
+    """`{"model": {...}, "ema": {...}}` from one read of `model.safetensors`, prefixes stripped."""
     ckpt = resolve_checkpoint(path)
     try:
         tensors = load_file(str(ckpt / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{ckpt / WEIGHTS}: unreadable ({exc})") from None
-    head = prefix + "."
-    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}}
+    for name, tensor in tensors.items():
+        prefix, _, rest = name.partition(".")
+        groups.setdefault(prefix, {})[rest] = tensor
+    return groups
 
 
 def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -190,9 +193,8 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema
         if key not in meta:
             raise UserError(f"{ckpt / META}: missing '{key}'")
     policy = build_policy(meta["policy"], features_from_dict(meta["features"]), meta.get("stats"))
-    state = read_tensors(ckpt, "ema") if ema else {}
-    if not state:
-        state = read_tensors(ckpt, "model")
+    weights = read_weights(ckpt)
+    state = (weights["ema"] if ema else {}) or weights["model"]
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{ckpt / WEIGHTS}: weights do not fit the policy in {META} "

@@ -288,9 +288,10 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EM
     """Load weights, optimizer, scheduler, EMA and RNG; returns (step, epoch, batch in epoch)."""
     assert run.resume_from is not None
     state = ckpt_io.read_train_state(run.resume_from)
-    run.policy.load_state_dict(ckpt_io.read_tensors(run.resume_from, "model"))
+    weights = ckpt_io.read_weights(run.resume_from)
+    run.policy.load_state_dict(weights["model"])
     if ema is not None:
-        ema_tensors = ckpt_io.read_tensors(run.resume_from, "ema")
+        ema_tensors = weights["ema"]
         if ema_tensors:
             ema.averaged_model.load_state_dict(ema_tensors)
             ema.optimization_step = int(state["ema"]["optimization_step"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Generator
 from pathlib import Path
 
-import numpy as np
 from numcodecs.errors import UnknownCodecError
 
 from robodiff.data.importers.source import Episode, Source, require_action
 from robodiff.data.store import EpisodeStore
+from robodiff.data.validate import ends_problems
 from robodiff.errors import StoreError
 
 
@@ -34,9 +34,9 @@ def read(src: Path) -> Source:
     except Exception as exc:  # zarr raises assorted types on malformed array metadata
         raise StoreError(f"{src}: unreadable array metadata ({type(exc).__name__}: {exc})") from None
     require_action(store.features, str(src))
-    ends = store.episode_ends
-    if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
-        raise StoreError(f"{src}: meta/episode_ends is not strictly increasing")
+    problems = ends_problems(store.episode_ends)
+    if problems:
+        raise StoreError(f"{src}: {problems[0]}")
     n = store.n_frames
     for key in store.keys:
         length = store.array(key).shape[0]
@@ -50,9 +50,7 @@ def read(src: Path) -> Source:
 def _episodes(store: EpisodeStore) -> Generator[Episode, None, None]:
     try:
         for k in range(store.n_episodes):
-            start, stop = store.episode_bounds(k)
-            # read_slice names the damaged chunk file when a chunk does not decode.
-            data = {key: store.read_slice(key, start, stop) for key in store.keys}
-            yield Episode(data, f"{store.path} episode {k}")
+            # read_episode names the damaged chunk file when a chunk does not decode.
+            yield Episode(store.read_episode(k), f"{store.path} episode {k}")
     finally:
         store.close()
