@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"robodiff {command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # An output path the user chose cannot be written (missing parent, read-only, full disk).
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"robodiff {command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"robodiff {command}: interrupted", file=sys.stderr)
         return 130

@@ -43,8 +43,8 @@ def compose(command: str, overrides: list[str]) -> DictConfig:
         if key and ("not in struct" in text or "Could not override" in text):
             raise ConfigError(f"unknown config key '{key}' for `robodiff {command}`") from None
         if "Could not find" in text or "Could not load" in text:
-            raise ConfigError(f"robodiff {command}: {first}") from None
-        raise ConfigError(f"robodiff {command}: bad override ({first})") from None
+            raise ConfigError(first) from None
+        raise ConfigError(f"bad override ({first})") from None
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, True)
@@ -71,5 +71,5 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 def require(cfg: DictConfig, key: str, command: str) -> Any:
     value = OmegaConf.select(cfg, key)
     if value is None or value == "":
-        raise ConfigError(f"robodiff {command}: `{key}=` is required")
+        raise ConfigError(f"`{key}=` is required")
     return value

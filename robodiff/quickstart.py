@@ -11,12 +11,14 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from robodiff.config import compose
+from robodiff.config import compose, validate
+from robodiff.errors import ConfigError
 
 
 def log(msg: str) -> None:
@@ -64,13 +66,18 @@ def policy_overrides(cfg: DictConfig) -> list[str]:
             f"training.lr={cfg.lr}", f"training.lr_warmup_steps={cfg.lr_warmup_steps}"]
 
 
+def train_overrides(cfg: DictConfig, store: Path) -> list[str]:
+    """The `robodiff train` overrides of the quickstart: used for the run and in report.md."""
+    return [f"task={cfg.task}", f"dataset={store}", f"policy={cfg.policy}",
+            f"training.steps={cfg.train_steps}", f"training.batch_size={cfg.batch_size}",
+            f"training.seed={cfg.seed}", f"device={cfg.device}", *policy_overrides(cfg)]
+
+
 def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
     from robodiff.train.trainer import train
 
     final = out / "run"
-    overrides = [f"task={cfg.task}", f"dataset={store}", f"policy={cfg.policy}",
-                 f"training.steps={cfg.train_steps}", f"training.batch_size={cfg.batch_size}",
-                 f"training.seed={cfg.seed}", f"device={cfg.device}", *policy_overrides(cfg)]
+    overrides = train_overrides(cfg, store)
     settings = {"overrides": overrides}
     if _stage_done(final, settings):
         log(f"reusing the trained policy in {final}")
@@ -94,7 +101,7 @@ def evaluate_policy(cfg: DictConfig, out: Path, run_dir: Path) -> dict[str, Any]
     log(f"evaluating over {cfg.eval.episodes} seeded episodes")
     return evaluate(task=cfg.task, checkpoint=str(run_dir), episodes=cfg.eval.episodes,
                     seed=cfg.eval.seed, n_envs=cfg.eval.n_envs, out=str(eval_dir),
-                    n_videos=cfg.eval.n_videos)
+                    n_videos=cfg.eval.n_videos, device=cfg.device)
 
 
 def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Path,
@@ -131,10 +138,9 @@ def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Pa
         "```",
         f"robodiff collect task={cfg.task} teleop=expert episodes={cfg.demos} seed={cfg.seed} "
         f"out={out / 'demos' / 'demos.zarr'}",
-        f"robodiff train task={cfg.task} dataset={out / 'demos' / 'demos.zarr'} policy={cfg.policy} "
-        f"training.steps={cfg.train_steps} training.batch_size={cfg.batch_size} "
-        + " ".join(policy_overrides(cfg)),
-        f"robodiff eval task={cfg.task} checkpoint={run_dir} episodes={cfg.eval.episodes}",
+        "robodiff train " + " ".join(train_overrides(cfg, out / "demos" / "demos.zarr")),
+        f"robodiff eval task={cfg.task} checkpoint={run_dir} episodes={cfg.eval.episodes} "
+        f"seed={cfg.eval.seed} device={cfg.device}",
         "```",
         "",
     ]
@@ -175,7 +181,40 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+@dataclass
+class EvalSettings:
+    episodes: int = 50
+    seed: int = 100000
+    n_envs: int = 2
+    n_videos: int = 4
+
+
+@dataclass
+class QuickstartConfig:
+    """Typed schema of conf/quickstart.yaml (the YAML holds the defaults and their reasons)."""
+
+    out: str = "quickstart_out"
+    seed: int = 0
+    task: str = "push_block"
+    demos: int = 150
+    train_steps: int = 3500
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    lr_warmup_steps: int = 100
+    policy: str = "diffusion_unet"
+    encoder: str = "small_cnn"
+    down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
+    diffusion_step_embed_dim: int = 64
+    n_obs_steps: int = 1
+    n_action_steps: int = 4
+    device: str = "cpu"
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
 def quickstart_config(overrides: list[str]) -> DictConfig:
-    cfg = compose("quickstart", overrides)
-    OmegaConf.resolve(cfg)
+    """Composed and type-checked before any stage runs, so a bad value costs nothing."""
+    cfg = validate(compose("quickstart", overrides), QuickstartConfig)
+    for key in ("demos", "train_steps", "batch_size", "eval.episodes", "eval.n_envs"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
     return cfg

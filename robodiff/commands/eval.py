@@ -56,7 +56,7 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
         cfg.policy = policy
     task = require(cfg, "task", "eval")
     if cfg.checkpoint is None and cfg.policy is None:
-        raise UserError("robodiff eval: give checkpoint=RUN_OR_CKPT or policy=expert|random")
+        raise UserError("give checkpoint=RUN_OR_CKPT or policy=expert|random")
     result = evaluate(task, checkpoint=cfg.checkpoint, policy_name=cfg.policy, episodes=cfg.episodes,
                       seed=cfg.seed, n_envs=cfg.n_envs, out=cfg.out, n_videos=cfg.n_videos,
                       device=cfg.device, video_size=cfg.video_size)

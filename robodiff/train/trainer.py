@@ -121,7 +121,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo) -> Run:
     task = cfg.task if cfg.task is not None else (saved.task if saved is not None else None)
     dataset = cfg.dataset if cfg.dataset is not None else (saved.dataset if saved is not None else None)
     if dataset is None:
-        raise ConfigError("robodiff train: `dataset=` is required (an episode store or an importable dataset)")
+        raise ConfigError("`dataset=` is required (an episode store or an importable dataset)")
 
     # One process imports a foreign dataset; the others wait and open the result.
     store_path = resolve_store(dataset, may_import=info.is_main) if info.is_main else None
