@@ -28,13 +28,6 @@ COMMANDS: dict[str, str] = {
 USAGE = "usage: robodiff <command> [args] [key=value ...] [--json] [--help]"
 
 
-def _headless_gl() -> None:
-    # MuJoCo picks its GL backend at import; without a display only EGL renders offscreen.
-    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-        os.environ["MUJOCO_GL"] = "egl"
-        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-
-
 def main_help() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = [USAGE, "", "commands:"]
@@ -69,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"robodiff: unknown command '{command}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    _headless_gl()
     module = importlib.import_module(f"robodiff.commands.{command}")
     positional, overrides, flags = split_args(rest)
     if "--help" in flags or "-h" in positional:

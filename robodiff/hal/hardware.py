@@ -84,6 +84,7 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
     unknown = sorted(set(data) - MUJOCO_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(MUJOCO_KEYS))})")
+    _require(data, "model", path)
     joints = _names(data, "joints", path)
     actuators = _names(data, "actuators", path)
     limits = _require(data, "limits", path)

@@ -7,12 +7,13 @@ without waiting on a device, and rendering costs nothing when nobody reads image
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from robodiff.hal.gl import select_headless_gl  # noqa: E402
+
+select_headless_gl()
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import picks a GL backend)
 
 from robodiff.errors import UserError  # noqa: E402

@@ -11,7 +11,6 @@ Physics runs at the MJCF timestep with several substeps per control period. Two 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from robodiff.hal.gl import select_headless_gl  # noqa: E402
+
+select_headless_gl()
 import mujoco  # noqa: E402
 
 from robodiff.errors import UserError  # noqa: E402
