@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from robodiff.control.clock import percentiles_ms
 from robodiff.control.history import ObservationHistory
 from robodiff.errors import ConfigError
 from robodiff.policy.base import Policy
@@ -313,10 +314,9 @@ class Executor:
         replaced). Latency estimates and counters stay: they are run totals."""
 
     def stats(self) -> dict[str, float | int]:
-        lat = np.asarray(self.latency.all) * 1e3
-        pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: float("nan"))
-        return {"executor": self.name, "inferences": self.inferences, "inference_p50_ms": pct(50),
-                "inference_p99_ms": pct(99), "dropped_actions": self.dropped, "stalls": self.stalls}
+        return {"executor": self.name, "inferences": self.inferences,
+                **percentiles_ms(self.latency.all, "inference"),
+                "dropped_actions": self.dropped, "stalls": self.stalls}
 
 
 class SyncExecutor(Executor):
@@ -395,7 +395,7 @@ class AsyncExecutor(Executor):
         if result is not None:
             self.latency.add(result.latency_s)
             self.inferences += 1
-            self._splice(result, now)
+            self._splice(result)
         action = self._pop(now)
         if not self.backend.busy and self._due():
             self._launch(history, t_obs)
@@ -415,7 +415,7 @@ class AsyncExecutor(Executor):
         upcoming = [ta.action for ta in self.plan if ta.t > now + self.dt / 2][:k]
         return np.stack(upcoming) if upcoming else np.zeros((0, 0))
 
-    def _splice(self, result: ChunkResult, now: float) -> None:
+    def _splice(self, result: ChunkResult) -> None:
         """Replace the plan by the new chunk; `_pop` then drops its actions already past."""
         self.plan = deque(timestamp_chunk(result.chunk, result.t_obs, self.n_obs_steps, self.dt))
         self.played_from_chunk = 0

@@ -44,8 +44,6 @@ class BasicBlock(nn.Module):
 class ResNet18GN(nn.Module):
     """Feature map trunk (no pooling, no fc): (B, 3, H, W) -> (B, 512, H/32, W/32)."""
 
-    out_channels = 512
-
     def __init__(self, in_channels: int = 3):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)

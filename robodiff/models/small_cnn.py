@@ -9,8 +9,6 @@ from torch import nn
 class SmallCNN(nn.Module):
     """(B, 3, H, W) -> (B, 64, H/8, W/8)."""
 
-    out_channels = 64
-
     def __init__(self, in_channels: int = 3, width: int = 32):
         super().__init__()
         self.net = nn.Sequential(
