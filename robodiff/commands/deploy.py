@@ -256,10 +256,17 @@ def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> An
     """The checkpoint's policy with torch seeded: picklable, for the inference process."""
     import torch
 
+    from robodiff.policy.diffusion import DiffusionPolicy
+    from robodiff.policy.fast_inference import FastSampler
     from robodiff.train.checkpoint import load_policy
 
     torch.manual_seed(seed)
-    return load_policy(checkpoint, device=device, ema=ema)
+    policy = load_policy(checkpoint, device=device, ema=ema)
+    if isinstance(policy, DiffusionPolicy) and policy.inference_scheduler_name == "ddim":
+        # The fast sampler gives the eager path's actions within the tolerance its tests state;
+        # threads stay as the caller set them (the inference process sets its own).
+        return FastSampler(policy, device=device, threads=None)
+    return policy
 
 
 def _list(value: Any) -> Any:

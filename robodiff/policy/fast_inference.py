@@ -197,6 +197,30 @@ class FastSampler:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: dict[str, Any] = {}
 
+    # The Policy protocol, so a controller can hold the sampler wherever it holds a policy.
+    @property
+    def n_obs_steps(self) -> int:
+        return self.policy.n_obs_steps
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.policy.n_action_steps
+
+    @property
+    def obs_keys(self) -> list[str]:
+        return self.policy.obs_keys
+
+    @property
+    def action_key(self) -> str:
+        return self.policy.action_key
+
+    @property
+    def features(self) -> Any:
+        return self.policy.features
+
+    def reset(self) -> None:
+        self.policy.reset()
+
     def _autocast(self) -> Any:
         enabled = self.dtype != torch.float32
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
