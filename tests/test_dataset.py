@@ -107,6 +107,18 @@ def test_episode_subset(store_path):
     np.testing.assert_array_equal(ds[0]["state"].numpy(), state[[0, 0]])
 
 
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_a_subset_shares_the_arrays_in_memory_and_reads_its_own_episodes(store_path, cache):
+    train = make(store_path, episodes=[0, 1], cache=cache)
+    val = train.subset([2])
+    fresh = make(store_path, episodes=[2], cache=cache)
+    assert len(val) == len(fresh) > 0 and len(train) == len(make(store_path, episodes=[0, 1]))
+    assert val._ram.keys() == train._ram.keys() and all(val._ram[k] is train._ram[k] for k in train._ram)
+    for i in range(len(val)):
+        for key, value in fresh[i].items():
+            torch.testing.assert_close(val[i][key], value)
+
+
 def test_unknown_key_and_cache_mode(store_path):
     with pytest.raises(UserError, match="no key 'wrist'"):
         WindowDataset(store_path, ["wrist"])

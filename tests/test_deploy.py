@@ -221,6 +221,28 @@ def test_a_checkpoint_whose_features_do_not_match_the_robot_is_rejected(tmp_path
         run([], [f"checkpoint={ckpt}", "robot=push_block", "torch_threads=1"], set())
 
 
+def test_the_chunk_spec_read_without_weights_matches_the_loaded_policy(tmp_path):
+    from robodiff.train.checkpoint import load_policy, read_chunk_spec
+
+    run = untrained_checkpoint(tmp_path / "run", [8, 16, 32])
+    spec, policy = read_chunk_spec(run), load_policy(run)
+    for key in ("horizon", "n_obs_steps", "n_action_steps", "obs_keys", "action_key", "features"):
+        assert getattr(spec, key) == getattr(policy, key), key
+
+
+def test_weights_the_inference_process_cannot_load_are_a_one_line_error(tmp_path):
+    from robodiff.train.checkpoint import resolve_checkpoint
+
+    run = untrained_checkpoint(tmp_path / "run", [8, 16, 32])
+    weights = resolve_checkpoint(run) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    proc = _cli(f"checkpoint={run}", "robot=push_block", "executor=async", "duration_s=1",
+                "torch_threads=1", "--json")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not load the policy" in lines[0] and "model.safetensors" in lines[0], proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_measure_async_timing_over_60_s(delay, tmp_path):
@@ -268,7 +290,7 @@ def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path)
 
     seed, n = 4, 3
     robot, outcome = build_robot("push_block", seed=seed)
-    outcome.max_steps = 4  # short episodes: they end by the task's own rule, fast
+    outcome.time_limit_s = 0.4  # short episodes: they end by the task's own rule, fast
     # Sync: episode 2's first inference outlasts the watchdog, which must be armed again per episode.
     policy = SlowInEpisode(TARGET, slow_episode=2, delay_s=0.4)
     store_path = tmp_path / "run.zarr"
@@ -281,7 +303,8 @@ def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path)
     assert stats["mean_score"] == pytest.approx(np.mean([r["score"] for r in rows]), abs=1e-4)
     assert stats["score"] == stats["mean_score"] and stats["success"] == all(r["success"] for r in rows)
     for r in rows:
-        assert r["stop_reason"] == "episode done" and (r["success"] or r["steps"] == outcome.max_steps)
+        assert r["stop_reason"] == "episode done"
+        assert r["success"] or r["episode_time_s"] >= outcome.time_limit_s
     # Loop statistics cover the whole run, not the last episode.
     assert stats["steps"] == sum(r["steps"] for r in rows) == stats["ticks"]
     assert stats["watchdog_trips"] == (1 if executor == "sync" else 0)
@@ -298,6 +321,20 @@ def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path)
             # start, inside the rate limit restarted at the reset), not a leftover target.
             step = np.linalg.norm(ep["action"][0] - ep["state"][0])
             assert step <= min(policy.speed, np.linalg.norm(max_delta)) + 1e-3
+
+
+def test_a_simulated_episode_lasts_the_tasks_time_budget_stalls_included():
+    """The budget is robot time, as on hardware: sync inference that holds the robot 0.25 s per
+    chunk leaves fewer actions in the same 1.5 s than the loop would play without stalls."""
+    robot, outcome = build_robot("push_block", seed=5)
+    outcome.time_limit_s = 1.5
+    stats = deploy(GoToPolicy(TARGET), robot, _cfg(executor="sync", n_action_steps=2,
+                                                   inference_delay_s=0.25), "push_block",
+                   outcome=outcome, progress=False)
+    assert stats["stop_reason"] == "episode done" and not stats["success"]
+    assert 1.5 <= stats["episode_time_s"] < 1.5 + 0.35
+    # 15 ticks without stalls; each 2-action chunk costs ~0.35 s here, so about 9 actions fit.
+    assert 6 <= stats["steps"] <= 11 and stats["stalls"] >= 3
 
 
 def test_episodes_is_checked_in_one_line():

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from robodiff.control.executors import (AsyncExecutor, BackgroundInference, ChunkResult,
-                                        EnsembleExecutor, ProcessInference, SyncExecutor,
-                                        make_executor,
-                                        timestamp_chunk)
+                                        EnsembleExecutor, ProcessInference, RTCExecutor,
+                                        SyncExecutor, infer, make_executor, timestamp_chunk)
 from robodiff.control.history import ObservationHistory
-from robodiff.errors import ConfigError
+from robodiff.errors import ConfigError, UserError
 
 DT = 0.1
 
@@ -40,6 +39,21 @@ class StampPolicy:
         return chunk
 
 
+class GuidedStampPolicy(StampPolicy):
+    """StampPolicy whose guided chunks keep `frozen[j]` at entry `n_obs_steps + j`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen: list[np.ndarray] = []
+
+    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray], frozen: np.ndarray) -> np.ndarray:
+        self.frozen.append(frozen)
+        chunk = self.predict_action_chunk(obs_history)
+        if frozen.size:
+            chunk[self.n_obs_steps:self.n_obs_steps + len(frozen)] = frozen
+        return chunk
+
+
 class FakeBackend:
     """Background inference on the fake clock: a result appears `latency` after submit."""
 
@@ -54,10 +68,10 @@ class FakeBackend:
     def busy(self) -> bool:
         return self.pending is not None
 
-    def submit(self, obs: dict[str, np.ndarray], t_obs: float) -> None:
+    def submit(self, obs: dict[str, np.ndarray], t_obs: float, frozen: np.ndarray | None = None) -> None:
         assert self.pending is None
         self.submits.append(self.now)
-        chunk = self.policy.predict_action_chunk(obs)
+        chunk = infer(self.policy, obs, frozen)
         self.pending = (self.now + self.latency, ChunkResult(chunk, t_obs, self.latency))
 
     def poll(self) -> ChunkResult | None:
@@ -134,6 +148,35 @@ def test_async_latency_estimate_sets_the_launch_lead():
     _drive(ex, backend, 40)
     assert ex.lead_steps() == 4  # ceil(0.25 / 0.1) + 1
     assert ex.frozen_prefix(backend.now).shape[0] == 4
+
+
+@pytest.mark.parametrize("latency", [0.15, 0.25, 0.45])
+def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency):
+    policy = GuidedStampPolicy()
+    backend = FakeBackend(policy, latency)
+    ex = RTCExecutor(policy, DT, backend)
+    trace = _drive(ex, backend, 100)
+    played = {round(t, 6): a for t, a in trace if a is not None}
+    assert len(policy.frozen) == len(backend.submits) > 10 and policy.calls == len(backend.submits)
+    assert policy.frozen[0].size == 0  # nothing planned yet at the first launch
+    checked = 0
+    for t_submit, frozen in list(zip(backend.submits, policy.frozen))[3:]:
+        assert len(frozen) == ex.lead_steps()
+        for j, action in enumerate(frozen):
+            t = round(t_submit + (j + 1) * DT, 6)
+            if t in played:
+                # Before and after the new chunk arrives, the robot plays exactly what was frozen:
+                # the switch to the new chunk is seamless.
+                np.testing.assert_array_equal(played[t], action)
+                checked += 1
+    assert checked > 20
+
+
+def test_rtc_needs_a_guided_policy():
+    with pytest.raises(ConfigError, match="guided sampling"):
+        make_executor("rtc", StampPolicy(), DT)
+    with pytest.raises(UserError, match="guided sampling"):
+        ProcessInference(functools.partial(StampPolicy), guided=True)
 
 
 def test_sync_plays_n_action_steps_then_replans_and_counts_stalls():
@@ -224,5 +267,5 @@ def test_process_inference_runs_the_policy_in_a_child_process():
     finally:
         backend.close()
     assert not backend._proc.is_alive()
-    with pytest.raises(RuntimeError, match="no such weights"):
+    with pytest.raises(UserError, match="could not load the policy: ValueError: no such weights"):
         ProcessInference(_broken_factory)

@@ -102,6 +102,29 @@ def test_fast_sampler_snapshot_and_chunk_api():
     assert chunk.shape == (8, 2) and np.all(chunk >= (9.99, -5.01)) and np.all(chunk <= (20.01, 5.01))
 
 
+def test_guided_sampling_keeps_the_frozen_actions_and_conditions_the_rest_on_them():
+    policy = policy_for()
+    fast = FastSampler(policy, precision="fp32", threads=None)
+    history = {"cam": np.zeros((2, 32, 32, 3), np.uint8), "state": np.full((2, 3), 0.5)}
+    batch = policy.obs_history_to_batch(history)
+    noise = policy.sample_noise(1, torch.Generator().manual_seed(3))
+    free = fast(batch, noise=noise)[0].numpy()
+    # Nothing frozen: exactly the unguided chunk.
+    nothing = fast(batch, noise=noise, guide=fast.guide(np.zeros((0, 0))))[0].numpy()
+    np.testing.assert_allclose(nothing, free, atol=1e-6)
+    frozen = np.array([[11.0, 4.0], [12.0, 3.0], [13.0, 2.0]])
+    guided = fast(batch, noise=noise, guide=fast.guide(frozen))[0].numpy()
+    n = policy.n_obs_steps
+    np.testing.assert_allclose(guided[n:n + 3], frozen, atol=1e-4)
+    # The denoiser saw the frozen actions: the entries around them moved too (not an overwrite).
+    assert np.abs(guided[n + 3:] - free[n + 3:]).max() > 1e-3
+    assert np.abs(guided[:n] - free[:n]).max() > 1e-3
+    # The chunk API; frozen actions past the horizon are ignored.
+    chunk = fast.predict_action_chunk_guided(history, np.tile(frozen[:1], (20, 1)))
+    assert chunk.shape == (8, 2)
+    np.testing.assert_allclose(chunk[n:], np.tile(frozen[:1], (8 - n, 1)), atol=1e-4)
+
+
 def test_fast_inference_needs_ddim():
     policy = policy_for()
     policy.inference_scheduler_name = "ddpm"

@@ -51,6 +51,15 @@ def test_load_task_spec():
     assert spec.features["state"].shape == (5,) and spec.features["action"].shape == (2,)
     assert spec.features["timestamp"].kind == "timestamp" and spec.scene_path.is_file()
     assert load_task("push_block").observation_keys == ["image", "state"]
+    # Policies see what the DP image benchmark sees; the privileged full state is only recorded.
+    assert spec.policy_inputs == ["image", "agent_pos"]
+    assert load_task("push_block").policy_inputs == ["image", "state"]
+
+
+def test_a_training_run_on_a_task_defaults_to_its_policy_inputs():
+    from robodiff.train.data import task_obs_keys
+
+    assert task_obs_keys("push_t") == ("push_t", ["image", "agent_pos"])
 
 
 def _task_copy(tmp_path, name="push_block", **changes):
@@ -73,6 +82,8 @@ def test_task_errors_name_the_offender(tmp_path):
     feats["image"]["shape"] = [64, 64, 3]
     with pytest.raises(UserError, match="image feature 'image' has shape"):
         load_task(str(_task_copy(tmp_path, features=feats)))
+    with pytest.raises(UserError, match="policy_inputs entry 'action'"):
+        load_task(str(_task_copy(tmp_path, policy_inputs=["image", "action"])))
     assert load_task(str(_task_copy(tmp_path))).name == "push_block"  # the copy itself is fine
 
 

@@ -24,7 +24,7 @@ from robodiff.features import Feature, Features
 from robodiff.hal.base import Robot
 
 HELP = """
-usage: robodiff deploy checkpoint=PATH robot=R [executor=sync|async|ensemble] [duration_s=S]
+usage: robodiff deploy checkpoint=PATH robot=R [executor=sync|async|rtc|ensemble] [duration_s=S]
                        [episodes=N] [record=PATH] [key=value ...] [--json]
 
 Runs a checkpoint on a robot in a real-time receding-horizon loop. R is a hardware YAML (name or
@@ -32,9 +32,12 @@ path) or a simulated task name (the run then ends with the episode and reports s
 
   executor=async      inference in the background, next chunk spliced in on time (default)
   executor=sync       inference on the control thread; the robot holds meanwhile
+  executor=rtc        async with real-time chunking: each new chunk keeps the actions that run
+                      while it is computed (diffusion policies with DDIM)
   executor=ensemble   ACT temporal ensembling (unimodal policies only)
-  duration_s=S        stop after S seconds (default: until e-stop / end of the simulated episode;
-                      with episodes=N, a cap on each episode)
+  duration_s=S        stop after S seconds (default: until e-stop / end of the simulated episode,
+                      which lasts the task's max_steps / fps seconds of robot time, stalls
+                      included; with episodes=N, a cap on each episode)
   episodes=N          simulated tasks: N episodes in a row, episode i reset with seed+i
   record=PATH         save each episode (observations and the actions really sent)
   inference_delay_s=  add a delay to every inference (emulate a slower computer)
@@ -107,10 +110,15 @@ def record_features(robot: Robot) -> Features:
 
 class TaskOutcome:
     """A simulated task's scoring during a run: best score, success, and when the episode ends.
+
+    An episode lasts the task's time budget (`max_steps / fps` seconds) on the robot's own clock,
+    which for the real-time simulator is the wall clock since the reset: time the robot spends
+    holding while a policy thinks counts, as it would on hardware. `robodiff eval` steps the
+    simulator once per action, so there the same budget is `max_steps` actions.
     `seed` is the one the robot's first reset (at connect) was sampled with."""
 
-    def __init__(self, robot: Any, logic: Any, max_steps: int, seed: int | None = None):
-        self.robot, self.logic, self.max_steps = robot, logic, int(max_steps)
+    def __init__(self, robot: Any, logic: Any, time_limit_s: float, seed: int | None = None):
+        self.robot, self.logic, self.time_limit_s = robot, logic, float(time_limit_s)
         self.seed = seed
         self.steps = 0
         self.best = 0.0
@@ -130,8 +138,9 @@ class TaskOutcome:
         self.steps += 1
         self.best = max(self.best, float(score))
         self.success = self.success or bool(success)
-        return {"done": self.success or self.steps >= self.max_steps, "success": self.success,
-                "score": round(self.best, 4)}
+        elapsed = float(self.robot.data.time)  # simulated seconds since the reset
+        return {"done": self.success or elapsed >= self.time_limit_s, "success": self.success,
+                "score": round(self.best, 4), "episode_time_s": round(elapsed, 3)}
 
 
 def build_robot(name: str, seed: int) -> tuple[Robot, TaskOutcome | None]:
@@ -151,7 +160,7 @@ def build_robot(name: str, seed: int) -> tuple[Robot, TaskOutcome | None]:
 
         task = load_task(name)
         robot, logic = build_task_robot(task, render=True, realtime=True, seed=seed)
-        return robot, TaskOutcome(robot, logic, task.max_steps, seed=seed)
+        return robot, TaskOutcome(robot, logic, task.max_steps / task.fps, seed=seed)
     return make_robot(name, realtime=True), None
 
 
@@ -222,7 +231,8 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
                                  "score": float(stats.get("score", 0.0)),
                                  "steps": runner.steps - steps_before,
                                  "stop_reason": stats["stop_reason"],
-                                 "duration_s": stats["duration_s"]})
+                                 "duration_s": stats["duration_s"],
+                                 "episode_time_s": stats.get("episode_time_s")})
     finally:
         if own_estop:
             estop.uninstall()
@@ -289,13 +299,18 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
         raise UserError(f"{checkpoint}: no such checkpoint or run directory")
     import torch
 
+    from robodiff.train.checkpoint import read_chunk_spec
+
     torch.set_num_threads(_torch_threads(cfg))
-    policy = load_seeded_policy(checkpoint, cfg.device, cfg.ema, cfg.seed)
+    make_policy = None
+    if cfg.executor == "sync":
+        policy: Any = load_seeded_policy(checkpoint, cfg.device, cfg.ema, cfg.seed)
+    else:
+        # The network lives in the inference process only; this one plans with its interface.
+        policy = read_chunk_spec(checkpoint)
+        make_policy = functools.partial(load_seeded_policy, checkpoint, cfg.device, cfg.ema, cfg.seed)
     robot, outcome = build_robot(robot_name, cfg.seed)
     check_features(policy, robot, checkpoint, robot_name)
-    make_policy = None
-    if cfg.executor != "sync":
-        make_policy = functools.partial(load_seeded_policy, checkpoint, cfg.device, cfg.ema, cfg.seed)
     stats = deploy(policy, robot, cfg, robot_name=robot_name, outcome=outcome, make_policy=make_policy)
     stats.update({"checkpoint": checkpoint, "robot": robot_name, "config": to_dict(cfg)})
     print(_human(stats), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""How action chunks become one action per control tick: `sync`, `async` and `ensemble`.
+"""How action chunks become one action per control tick: `sync`, `async`, `rtc` and `ensemble`.
 
 A policy returns a chunk `(horizon, A)` whose entry `n_obs_steps - 1` is the action for the newest
 observation, taken at `t_obs`; entry `n_obs_steps - 1 + i` is stamped `t_obs + i * dt`.
@@ -6,20 +6,19 @@ observation, taken at `t_obs`; entry `n_obs_steps - 1 + i` is stamped `t_obs + i
 - `sync`: infer on the control thread when the queue is empty, then play `n_action_steps` actions.
   The robot holds its last target while the policy thinks (the safety watchdog holds it explicitly
   if that takes longer than `watchdog_s`); each inference longer than a period is a stall.
-- `async`: infer in the background (a process under `robodiff deploy`, else a thread), launched when the actions left to play no longer cover
-  the measured latency (90th percentile of the recent inferences, plus a margin). When the chunk
-  arrives, its actions whose time has passed are dropped (counted) and the rest replace the plan
-  from the current tick on. If inference is slower than the whole remaining plan, the robot holds.
+- `async`: infer in the background (a process under `robodiff deploy`, else a thread), launched
+  when the actions left to play no longer cover the measured latency (90th percentile of the
+  recent inferences, plus a margin). When the chunk arrives, its actions whose time has passed are
+  dropped (counted) and the rest replace the plan from the current tick on. If inference is slower
+  than the whole remaining plan, the robot holds.
+- `rtc`: real-time chunking. As `async`, but each inference is given the actions that will still
+  execute while it runs (`AsyncExecutor.frozen_prefix`) and the policy (`GuidedPolicy`, the DDIM
+  fast sampler) inpaints them into the new chunk, denoising the rest consistently with them: the
+  new chunk continues the motion under way. See docs/deployment.md.
 - `ensemble`: ACT temporal ensembling. Inference runs back to back in the background; every tick
   averages all chunks' predictions for that tick with weights `exp(-k * i)`, `i = 0` the oldest.
   Averaging is only right for unimodal policies: the mean of two good modes of a diffusion policy
   (left or right around an obstacle) is a bad action. Use it with regression-style policies.
-
-Room for real-time chunking (inpainting-guided diffusion): a policy implementing `GuidedPolicy`
-can be given the actions that will still execute while it infers (`AsyncExecutor.frozen_prefix`)
-and denoise the rest of the chunk consistently with them; an executor for it subclasses
-`AsyncExecutor` and overrides `_launch` to call `predict_action_chunk_guided`. See
-docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -41,10 +40,10 @@ import numpy as np
 
 from robodiff.control.clock import percentiles_ms
 from robodiff.control.history import ObservationHistory
-from robodiff.errors import ConfigError
+from robodiff.errors import ConfigError, UserError
 from robodiff.policy.base import Policy
 
-EXECUTORS = ("sync", "async", "ensemble")
+EXECUTORS = ("sync", "async", "rtc", "ensemble")
 INFERENCE_NICE = 10
 
 
@@ -105,6 +104,13 @@ class LatencyEstimate:
         return self._estimate
 
 
+def infer(policy: Policy, obs_history: dict[str, np.ndarray], frozen: np.ndarray | None) -> np.ndarray:
+    """One chunk; with `frozen` (the actions that run meanwhile), a guided one (`GuidedPolicy`)."""
+    if frozen is None:
+        return np.asarray(policy.predict_action_chunk(obs_history))
+    return np.asarray(policy.predict_action_chunk_guided(obs_history, frozen))
+
+
 class BackgroundInference:
     """One worker thread running `policy.predict_action_chunk`; one request in flight at a time.
 
@@ -121,7 +127,7 @@ class BackgroundInference:
         self.delay_s = float(delay_s)
         self.now = now
         self._cond = threading.Condition()
-        self._request: tuple[dict[str, np.ndarray], float] | None = None
+        self._request: tuple[dict[str, np.ndarray], float, np.ndarray | None] | None = None
         self._result: ChunkResult | None = None
         self._busy = False
         self._closed = False
@@ -133,12 +139,13 @@ class BackgroundInference:
     def busy(self) -> bool:
         return self._busy
 
-    def submit(self, obs_history: dict[str, np.ndarray], t_obs: float) -> None:
+    def submit(self, obs_history: dict[str, np.ndarray], t_obs: float,
+               frozen: np.ndarray | None = None) -> None:
         with self._cond:
             if self._busy:
                 raise RuntimeError("an inference is already in flight")
             self._busy = True
-            self._request = (obs_history, t_obs)
+            self._request = (obs_history, t_obs, frozen)
             self._cond.notify()
 
     def poll(self) -> ChunkResult | None:
@@ -155,11 +162,11 @@ class BackgroundInference:
                     self._cond.wait()
                 if self._closed:
                     return
-                obs, t_obs = self._request
+                obs, t_obs, frozen = self._request
                 self._request = None
             start = self.now()
             try:
-                chunk = np.asarray(self.policy.predict_action_chunk(obs))
+                chunk = infer(self.policy, obs, frozen)
                 if self.delay_s > 0:
                     time.sleep(self.delay_s)
             except BaseException as exc:  # surfaced on the control thread by poll()
@@ -180,8 +187,8 @@ class BackgroundInference:
 
 
 def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
-           torch_threads: int) -> None:
-    """The inference process: build the policy, then answer one observation history at a time."""
+           torch_threads: int, guided: bool) -> None:
+    """The inference process: build the policy, then answer one request at a time."""
     # Below the control loop in the scheduler: it must wake on time, inference only needs to
     # finish within the chunk's slack. No GIL is shared, so this cannot invert priorities.
     os.nice(INFERENCE_NICE)
@@ -189,8 +196,10 @@ def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         policy = make_policy()
+        if guided:
+            require_guided(policy)
     except BaseException as exc:  # reported to the parent as one line
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(("error", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
         return
     torch = sys.modules.get("torch")  # set only if the policy uses torch at all
     if torch is not None:
@@ -205,7 +214,7 @@ def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
             return
         try:
             start = time.monotonic()
-            chunk = np.asarray(policy.predict_action_chunk(request))
+            chunk = infer(policy, *request)
             if delay_s > 0:
                 time.sleep(delay_s)
             conn.send(("chunk", (chunk, time.monotonic() - start)))
@@ -219,10 +228,11 @@ class ProcessInference:
     the policy. `make_policy` must be picklable (e.g. a `functools.partial` of a loader)."""
 
     def __init__(self, make_policy: Callable[[], Policy], delay_s: float = 0.0,
-                 torch_threads: int = 1, start_timeout_s: float = 300.0):
+                 torch_threads: int = 1, start_timeout_s: float = 300.0, guided: bool = False):
+        """`guided`: the policy must take guided requests (checked as it loads)."""
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, make_policy, delay_s, torch_threads),
+        self._proc = ctx.Process(target=_serve, args=(child, make_policy, delay_s, torch_threads, guided),
                                  name="robodiff-inference", daemon=True)
         self._proc.start()
         child.close()
@@ -234,7 +244,8 @@ class ProcessInference:
         kind, payload = self._recv()
         if kind != "ready":
             self.close()
-            raise RuntimeError(f"the inference process failed to load the policy: {payload}")
+            # Mostly a checkpoint that does not load (its weights, its device): the user's to fix.
+            raise UserError(f"the inference process could not load the policy: {payload}")
 
     def _recv(self) -> tuple[str, Any]:
         try:
@@ -246,12 +257,13 @@ class ProcessInference:
     def busy(self) -> bool:
         return self._busy
 
-    def submit(self, obs_history: dict[str, np.ndarray], t_obs: float) -> None:
+    def submit(self, obs_history: dict[str, np.ndarray], t_obs: float,
+               frozen: np.ndarray | None = None) -> None:
         if self._busy:
             raise RuntimeError("an inference is already in flight")
         self._busy = True
         self._pending_t_obs = t_obs
-        self._conn.send(obs_history)
+        self._conn.send((obs_history, frozen))
 
     def poll(self) -> ChunkResult | None:
         if not self._busy or not self._conn.poll():
@@ -367,22 +379,57 @@ def drain(backend: BackgroundInference) -> None:
     backend.poll()  # a result that arrived as `busy` cleared: discard it too
 
 
-class AsyncExecutor(Executor):
-    """See the module docstring. `backend` needs `busy`, `submit(obs, t_obs)`, `poll()`, `close()`."""
+class BackgroundExecutor(Executor):
+    """An executor fed by a background `backend` (`busy`, `submit(obs, t_obs)`, `poll()`, `close()`)."""
+
+    def __init__(self, policy: Policy, dt: float, backend: BackgroundInference,
+                 n_action_steps: int | None = None):
+        super().__init__(policy, dt, n_action_steps)
+        self.backend = backend
+
+    def reset(self) -> None:
+        drain(self.backend)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop every planned action."""
+        raise NotImplementedError
+
+    def _receive(self) -> ChunkResult | None:
+        """The chunk that arrived since the last tick, if any, with its latency accounted."""
+        result = self.backend.poll()
+        if result is not None:
+            self.latency.add(result.latency_s)
+            self.inferences += 1
+        return result
+
+    def _take_due(self, queue: deque[TimedAction], now: float) -> np.ndarray | None:
+        """This tick's action from a time-ordered queue; actions whose time has passed are dropped."""
+        while queue and queue[0].t < now - self.dt / 2:
+            queue.popleft()
+            self.dropped += 1
+        if queue and queue[0].t <= now + self.dt / 2:
+            return queue.popleft().action
+        return None
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class AsyncExecutor(BackgroundExecutor):
+    """See the module docstring."""
 
     name = "async"
 
     def __init__(self, policy: Policy, dt: float, backend: BackgroundInference,
                  n_action_steps: int | None = None, margin_steps: int = 1):
-        super().__init__(policy, dt, n_action_steps)
-        self.backend = backend
+        super().__init__(policy, dt, backend, n_action_steps)
         self.margin_steps = int(margin_steps)
         self.plan: deque[TimedAction] = deque()
         self.played_from_chunk = 0
         self.splices = 0
 
-    def reset(self) -> None:
-        drain(self.backend)
+    def _forget(self) -> None:
         self.plan.clear()
         self.played_from_chunk = 0
 
@@ -391,14 +438,16 @@ class AsyncExecutor(Executor):
         return math.ceil(self.latency.estimate() / self.dt) + self.margin_steps
 
     def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
-        result = self.backend.poll()
+        result = self._receive()
         if result is not None:
-            self.latency.add(result.latency_s)
-            self.inferences += 1
             self._splice(result)
-        action = self._pop(now)
+        action = self._take_due(self.plan, now)
+        if action is not None:
+            self.played_from_chunk += 1
+        else:
+            self.stalls += int(self.inferences > 0)
         if not self.backend.busy and self._due():
-            self._launch(history, t_obs)
+            self._launch(now, history, t_obs)
         return action
 
     def _due(self) -> bool:
@@ -406,7 +455,7 @@ class AsyncExecutor(Executor):
         return (not self.plan or len(self.plan) <= lead
                 or self.played_from_chunk >= self.n_action_steps - lead)
 
-    def _launch(self, history: ObservationHistory, t_obs: float) -> None:
+    def _launch(self, now: float, history: ObservationHistory, t_obs: float) -> None:
         self.backend.submit(history.stacked(), t_obs)
 
     def frozen_prefix(self, now: float) -> np.ndarray:
@@ -416,58 +465,52 @@ class AsyncExecutor(Executor):
         return np.stack(upcoming) if upcoming else np.zeros((0, 0))
 
     def _splice(self, result: ChunkResult) -> None:
-        """Replace the plan by the new chunk; `_pop` then drops its actions already past."""
+        """Replace the plan by the new chunk; `_take_due` then drops its actions already past."""
         self.plan = deque(timestamp_chunk(result.chunk, result.t_obs, self.n_obs_steps, self.dt))
         self.played_from_chunk = 0
         self.splices += 1
 
-    def _pop(self, now: float) -> np.ndarray | None:
-        while self.plan and self.plan[0].t < now - self.dt / 2:
-            self.plan.popleft()
-            self.dropped += 1
-        if self.plan and self.plan[0].t <= now + self.dt / 2:
-            self.played_from_chunk += 1
-            return self.plan.popleft().action
-        self.stalls += int(self.inferences > 0)
-        return None
 
-    def close(self) -> None:
-        self.backend.close()
+class RTCExecutor(AsyncExecutor):
+    """Real-time chunking: `async`, with each inference given the actions that will execute while
+    it runs (`frozen_prefix`) and asked for a chunk that keeps them (`GuidedPolicy`). A new chunk
+    then continues the motion under way instead of jumping to another mode of the policy."""
+
+    name = "rtc"
+
+    def _launch(self, now: float, history: ObservationHistory, t_obs: float) -> None:
+        self.backend.submit(history.stacked(), t_obs, frozen=self.frozen_prefix(now))
 
 
-class EnsembleExecutor(Executor):
+def require_guided(policy: Any) -> None:
+    if not isinstance(policy, GuidedPolicy):
+        raise ConfigError("executor=rtc needs a policy with guided sampling: a diffusion policy with "
+                          "policy.noise_scheduler.inference_scheduler=ddim (run through the fast sampler)")
+
+
+class EnsembleExecutor(BackgroundExecutor):
     """ACT temporal ensembling over back-to-back background inferences (unimodal policies only)."""
 
     name = "ensemble"
 
     def __init__(self, policy: Policy, dt: float, backend: BackgroundInference,
                  n_action_steps: int | None = None, k: float = 0.01):
-        super().__init__(policy, dt, n_action_steps)
-        self.backend = backend
+        super().__init__(policy, dt, backend, n_action_steps)
         self.k = float(k)
         # Oldest first; each is the remaining timestamped actions of one chunk.
         self.chunks: deque[deque[TimedAction]] = deque()
 
-    def reset(self) -> None:
-        drain(self.backend)
+    def _forget(self) -> None:
         self.chunks.clear()
 
     def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
-        result = self.backend.poll()
+        result = self._receive()
         if result is not None:
-            self.latency.add(result.latency_s)
-            self.inferences += 1
             self.chunks.append(deque(timestamp_chunk(result.chunk, result.t_obs, self.n_obs_steps,
                                                      self.dt)))
         if not self.backend.busy:
             self.backend.submit(history.stacked(), t_obs)
-        predictions = []
-        for chunk in self.chunks:
-            while chunk and chunk[0].t < now - self.dt / 2:
-                chunk.popleft()
-                self.dropped += 1
-            if chunk and chunk[0].t <= now + self.dt / 2:
-                predictions.append(chunk.popleft().action)
+        predictions = [a for a in (self._take_due(chunk, now) for chunk in self.chunks) if a is not None]
         while self.chunks and not self.chunks[0]:
             self.chunks.popleft()
         if not predictions:
@@ -476,9 +519,6 @@ class EnsembleExecutor(Executor):
         weights = np.exp(-self.k * np.arange(len(predictions)))
         return np.tensordot(weights / weights.sum(), np.stack(predictions).astype(np.float64), axes=1)
 
-    def close(self) -> None:
-        self.backend.close()
-
 
 def make_executor(name: str, policy: Policy, dt: float, n_action_steps: int | None = None,
                   inference_delay_s: float = 0.0, now: Callable[[], float] = time.monotonic,
@@ -486,12 +526,16 @@ def make_executor(name: str, policy: Policy, dt: float, n_action_steps: int | No
     """`make_policy` (picklable) runs background inference in its own process, else a thread."""
     if name == "sync":
         return SyncExecutor(policy, dt, n_action_steps, delay_s=inference_delay_s, now=now)
-    if name not in ("async", "ensemble"):
+    classes = {"async": AsyncExecutor, "rtc": RTCExecutor, "ensemble": EnsembleExecutor}
+    if name not in classes:
         raise ConfigError(f"executor '{name}' is not one of {', '.join(EXECUTORS)}")
-    cls = AsyncExecutor if name == "async" else EnsembleExecutor
     resolve_n_action_steps(policy, n_action_steps)  # a config error before a process starts
+    guided = name == "rtc"
     if make_policy is not None:
-        backend: Any = ProcessInference(make_policy, inference_delay_s, torch_threads)
+        backend: Any = ProcessInference(make_policy, inference_delay_s, torch_threads, guided=guided)
     else:
+        if guided:
+            require_guided(policy)
         backend = BackgroundInference(policy, delay_s=inference_delay_s, now=now)
+    cls = classes[name]
     return cls(policy, dt, backend, n_action_steps)

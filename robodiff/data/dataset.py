@@ -9,6 +9,7 @@ a zarr handle.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,8 @@ class WindowDataset(Dataset):
                     raise UserError(f"{self.store_path}: no key '{key}' (store has {', '.join(store.keys)})")
             self.features = {k: store.features[k] for k in [*self.obs_keys, action_key]}
             self.fps = store.fps
-            self.index = WindowIndex(store.episode_ends, horizon, n_obs_steps, n_action_steps, episodes)
+            self.episode_ends = np.asarray(store.episode_ends)
+            self.index = WindowIndex(self.episode_ends, horizon, n_obs_steps, n_action_steps, episodes)
             self.image_keys = [k for k in self.obs_keys if self.features[k].kind == "image"]
             self._check_crop()
             in_ram = [k for k in self.features if self.features[k].kind != "image" or cache == "memory"]
@@ -54,6 +56,15 @@ class WindowDataset(Dataset):
             self._ram: dict[str, np.ndarray] = {k: self._load(store, k, n) for k in in_ram}
         self._store: EpisodeStore | None = None
         self._pid = -1
+
+    def subset(self, episodes: Sequence[int]) -> WindowDataset:
+        """The windows of other episodes of the same store, sharing the arrays already in memory
+        (a validation split costs no second read of the low-dim data, nor of cached images)."""
+        other = copy.copy(self)
+        other.index = WindowIndex(self.episode_ends, self.horizon, self.n_obs_steps, self.n_action_steps,
+                                  episodes)
+        other._store, other._pid = None, -1
+        return other
 
     def _check_crop(self) -> None:
         if self.crop is None:

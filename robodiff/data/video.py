@@ -136,6 +136,12 @@ class FrameSampler:
     def close(self) -> None:
         self._frames.close()
 
+    def __enter__(self) -> FrameSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def frames_at(self, times: np.ndarray, what: str = "the low-dim data") -> np.ndarray:
         times = np.asarray(times, dtype=np.float64)
         if self._current is not None and len(times) and times[0] < self._current[1] - TIME_TOLERANCE_S:

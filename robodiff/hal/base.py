@@ -154,3 +154,9 @@ class Teleop(Device):
 
     @abc.abstractmethod
     def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]: ...
+
+
+def action_limits_of(robot: Robot | None, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """`robot.action_limits[key]`, or None where there is no robot or it publishes none."""
+    limits = robot.action_limits if robot is not None else None
+    return None if limits is None else limits.get(key)

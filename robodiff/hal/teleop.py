@@ -19,7 +19,7 @@ import numpy as np
 
 from robodiff.errors import UserError
 from robodiff.features import Feature, Features
-from robodiff.hal.base import Teleop
+from robodiff.hal.base import Teleop, action_limits_of
 
 
 class ExpertTeleop(Teleop):
@@ -180,10 +180,9 @@ def _hardware_extra(name: str) -> Callable[..., Teleop]:
 
 
 def _keyboard(task: Any, env: Any) -> Teleop:
-    from robodiff.hal.hardware import load_hardware
-
-    hw = load_hardware(task.robot)
-    low, high = np.asarray(hw.action_low, np.float32), np.asarray(hw.action_high, np.float32)
+    limits = action_limits_of(getattr(env, "robot", None), task.action_key)
+    low, high = (np.zeros(0, np.float32),) * 2 if limits is None else (
+        np.asarray(limits[0], np.float32), np.asarray(limits[1], np.float32))
     # One key press moves the target 2 % of the workspace: a few presses per block width.
     step = float(0.02 * np.min(high[:2] - low[:2])) if low.size >= 2 else 0.01
     return KeyboardTeleop(task.features[task.action_key], step=step,

@@ -20,6 +20,7 @@ from robodiff.features import Features
 from robodiff.models.obs_encoder import ObsEncoder
 from robodiff.models.transformer import TransformerDenoiser
 from robodiff.models.unet1d import ConditionalUnet1D
+from robodiff.policy.base import ChunkSpec
 
 INFERENCE_SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
 PREDICTION_TYPES = ("epsilon", "sample")
@@ -45,27 +46,9 @@ class ChunkPolicy(nn.Module):
     def __init__(self, policy_cfg: dict[str, Any], features: Features, stats: dict[str, dict] | None):
         super().__init__()
         self.policy_cfg = dict(policy_cfg)
-        self.horizon = int(policy_cfg["horizon"])
-        self.n_obs_steps = int(policy_cfg["n_obs_steps"])
-        self.n_action_steps = int(policy_cfg["n_action_steps"])
-        if self.n_obs_steps < 1 or self.n_action_steps < 1:
-            raise ConfigError("policy.n_obs_steps and policy.n_action_steps must be >= 1")
-        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
-            raise ConfigError(f"policy.horizon={self.horizon} is shorter than n_obs_steps - 1 + n_action_steps "
-                              f"= {self.n_obs_steps - 1 + self.n_action_steps}")
-        self.action_key = policy_cfg.get("action_key") or "action"
-        if self.action_key not in features:
-            raise ConfigError(f"policy.action_key '{self.action_key}' is not a feature (have {', '.join(features)})")
-        obs_keys = policy_cfg.get("obs_keys")
-        if obs_keys is None:
-            obs_keys = [k for k, f in features.items() if f.kind in ("image", "lowdim")]
-        for key in obs_keys:
-            if key not in features or features[key].kind not in ("image", "lowdim"):
-                raise ConfigError(f"policy.obs_keys entry '{key}' is not an image or low-dim feature")
-        if not obs_keys:
-            raise ConfigError("policy.obs_keys is empty: the features have no image or low-dim key")
-        self.obs_keys = list(obs_keys)
-        self.features = {k: features[k] for k in self.obs_keys + [self.action_key]}
+        spec = ChunkSpec.from_config(policy_cfg, features)
+        self.horizon, self.n_obs_steps, self.n_action_steps = spec.horizon, spec.n_obs_steps, spec.n_action_steps
+        self.obs_keys, self.action_key, self.features = spec.obs_keys, spec.action_key, spec.features
         self.action_dim = int(np.prod(features[self.action_key].shape))
         if stats is not None:
             missing = [k for k, f in self.features.items() if f.kind != "image" and k not in stats]

@@ -181,6 +181,8 @@ class FastSampler:
         steps, coef = ddim_coefficients(self.policy)
         self.timesteps = torch.tensor(steps, device=self.device)
         self.coef = [tuple(row) for row in coef.tolist()]
+        a_first = float(self.policy.inference_scheduler.alphas_cumprod[steps[0]])
+        self.first_level = (a_first ** 0.5, (1 - a_first) ** 0.5)
         self.clip = bool(self.policy.inference_scheduler.config.clip_sample)
         self.clip_range = float(self.policy.inference_scheduler.config.clip_sample_range)
         unet = self.policy.denoiser if isinstance(self.policy.denoiser, ConditionalUnet1D) else None
@@ -225,7 +227,12 @@ class FastSampler:
         enabled = self.dtype != torch.float32
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
-    def _sample(self, obs: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+    def _sample(self, obs: dict[str, torch.Tensor], noise: torch.Tensor,
+                guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`guide` = (target, mask), (B, horizon, A) normalized and (B, horizon, 1) in [0, 1]:
+        inpainting. Before every denoising step the masked entries are set to the target noised
+        to that step's level with the call's own noise, so the model denoises the rest of the
+        chunk consistently with them; the last step (noise level 0) returns them as given."""
         policy, b, k = self.policy, noise.shape[0], len(self.coef)
         with self._autocast():
             cond = policy.encode_obs(obs).float()
@@ -234,6 +241,9 @@ class FastSampler:
             # FiLM for every step at once: one pass over the conditioning weights per call.
             all_film = denoiser.film(self.timesteps.repeat_interleave(b), cond.repeat(k, 1, 1))
         x = noise
+        if guide is not None:
+            target, mask = guide
+            x = x + mask * (self.first_level[0] * target + self.first_level[1] * noise - x)
         for i, (c_x, c_o, d_x, d_o, p_0, p_e) in enumerate(self.coef):
             if isinstance(denoiser, ConditionalUnet1D):
                 film = [(s[i * b:(i + 1) * b], o[i * b:(i + 1) * b]) for s, o in all_film]
@@ -250,6 +260,8 @@ class FastSampler:
                 x0 = x0.clamp(-self.clip_range, self.clip_range)
             eps = out if d_x == 0.0 else d_x * x + d_o * out
             x = p_0 * x0 + p_e * eps
+            if guide is not None:
+                x = x + mask * (p_0 * target + p_e * noise - x)
         actions = policy.normalizer.unnormalize(policy.action_key, x)
         return actions.reshape(b, self.horizon, *self.action_shape)
 
@@ -258,36 +270,42 @@ class FastSampler:
 
     @torch.inference_mode()
     def __call__(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`guide`: see `_sample`."""
         obs = {k: obs[k][:, -self.policy.n_obs_steps:] for k in self.policy.obs_keys}
         b = next(iter(obs.values())).shape[0]
         if noise is None:
             noise = self.noise(b, generator)
         if not self.use_graph:
-            return self._sample({k: v.to(self.device) for k, v in obs.items()}, noise.to(self.device))
-        return self._replay(obs, noise)
+            guide = None if guide is None else (guide[0].to(self.device), guide[1].to(self.device))
+            return self._sample({k: v.to(self.device) for k, v in obs.items()}, noise.to(self.device), guide)
+        # Guide tensors travel as inputs of the graph; a guided call has its own graph.
+        extra = {"__noise": noise} if guide is None else {"__noise": noise, "__target": guide[0], "__mask": guide[1]}
+        return self._replay(obs, extra)
 
-    def _replay(self, obs: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
-        shapes = {k: tuple(v.shape) for k, v in obs.items()} | {"__noise": tuple(noise.shape)}
+    def _replay(self, obs: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        shapes = {k: tuple(v.shape) for k, v in (obs | extra).items()}
         if self._graph is None or self._static.get("shapes") != shapes:
-            self._capture(obs, noise, shapes)
+            self._capture(obs, extra, shapes)
         st = self._static
         for key, x in obs.items():
             st["host"][key].copy_(x)
             st["in"][key].copy_(st["host"][key], non_blocking=True)
-        st["in"]["__noise"].copy_(noise, non_blocking=True)
+        for key, x in extra.items():
+            st["in"][key].copy_(x, non_blocking=True)
         self._graph.replay()
         st["out_host"].copy_(st["out"], non_blocking=True)
         torch.cuda.current_stream().synchronize()
         return st["out_host"].clone()
 
-    def _capture(self, obs: dict[str, torch.Tensor], noise: torch.Tensor, shapes: dict) -> None:
-        static_in = {k: v.to(self.device).clone() for k, v in obs.items()}
-        static_in["__noise"] = noise.to(self.device).clone()
+    def _capture(self, obs: dict[str, torch.Tensor], extra: dict[str, torch.Tensor], shapes: dict) -> None:
+        static_in = {k: v.to(self.device).clone() for k, v in (obs | extra).items()}
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in obs.items()}
+        guide = (static_in["__target"], static_in["__mask"]) if "__mask" in static_in else None
 
         def step() -> torch.Tensor:
-            return self._sample({k: static_in[k] for k in obs}, static_in["__noise"])
+            return self._sample({k: static_in[k] for k in obs}, static_in["__noise"], guide)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -304,3 +322,25 @@ class FastSampler:
 
     def predict_action_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
         return self(self.policy.obs_history_to_batch(obs_history))[0].float().cpu().numpy()
+
+    def guide(self, frozen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target, mask) for a batch of one fixing chunk entries `n_obs_steps + j` to `frozen[j]`
+        (robot units, `(k, A)`; entries past the horizon are ignored, `k = 0` fixes nothing)."""
+        policy = self.policy
+        target = torch.zeros(1, self.horizon, self.action_dim)
+        mask = torch.zeros(1, self.horizon, 1)
+        frozen = np.asarray(frozen, dtype=np.float32)
+        k = min(len(frozen) if frozen.size else 0, self.horizon - policy.n_obs_steps)
+        if k > 0:
+            start = policy.n_obs_steps
+            values = torch.as_tensor(frozen[:k]).reshape(k, *self.action_shape).to(self.device)
+            target[0, start:start + k] = policy.normalizer.normalize_key(policy.action_key, values).reshape(
+                k, self.action_dim).cpu()
+            mask[0, start:start + k] = 1.0
+        return target, mask
+
+    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray], frozen: np.ndarray) -> np.ndarray:
+        """The `GuidedPolicy` seam (real-time chunking): a chunk that keeps the actions which
+        will execute while it is computed and continues from them."""
+        batch = self.policy.obs_history_to_batch(obs_history)
+        return self(batch, guide=self.guide(frozen))[0].float().cpu().numpy()

@@ -90,13 +90,12 @@ class RecedingHorizonController:
 
 
 def action_bounds(task: Any, env: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The action box: the robot's limits (hardware YAML), or a gym env's `action_space`."""
-    if task.robot is not None:
-        from robodiff.hal.hardware import load_hardware
+    """The action box: the robot's `action_limits`, or a gym env's `action_space`."""
+    from robodiff.hal.base import action_limits_of
 
-        hw = load_hardware(task.robot)
-        if hw.action_low.size:
-            return np.asarray(hw.action_low), np.asarray(hw.action_high)
+    limits = action_limits_of(getattr(env, "robot", None), task.action_key)
+    if limits is not None:
+        return np.asarray(limits[0]), np.asarray(limits[1])
     space = getattr(env, "action_space", None)
     if space is not None and hasattr(space, "low"):
         return np.asarray(space.low), np.asarray(space.high)
@@ -118,14 +117,10 @@ def check_policy_features(features: Any, obs_keys: list[str], action_key: str, t
 
 def check_checkpoint_features(checkpoint: str | os.PathLike, task: Any) -> None:
     """Check from policy.json alone, before any worker loads the weights."""
-    from robodiff.features import features_from_dict
-    from robodiff.train.checkpoint import read_policy_meta
+    from robodiff.train.checkpoint import read_chunk_spec
 
-    meta = read_policy_meta(checkpoint)
-    features = features_from_dict(meta.get("features", {}))
-    policy_cfg = meta.get("policy", {})
-    obs_keys = policy_cfg.get("obs_keys") or [k for k, f in features.items() if f.kind in ("image", "lowdim")]
-    check_policy_features(features, list(obs_keys), policy_cfg.get("action_key", "action"), task)
+    spec = read_chunk_spec(checkpoint)
+    check_policy_features(spec.features, spec.obs_keys, spec.action_key, task)
 
 
 # ------------------------------------------------------------------------------ episodes

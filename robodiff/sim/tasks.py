@@ -24,7 +24,7 @@ LOGIC = {
     "push_block": "robodiff.sim.push_block:PushBlock",
 }
 
-COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features"}
+COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features", "policy_inputs"}
 KIND_KEYS = {
     "mujoco": COMMON_KEYS | {"logic", "scene", "robot", "success", "score", "goal", "reset", "expert"},
     "gym": COMMON_KEYS | {"gym_id", "gym_kwargs", "observation_map", "action_key", "success_key"},
@@ -42,12 +42,15 @@ class TaskSpec:
     fps: float
     max_steps: int
     features: Features  # observations + action + timestamp
-    observation_keys: list[str]  # every image/lowdim observation (recorded; a policy's default)
+    observation_keys: list[str]  # every image/lowdim observation (recorded)
     robot: str | None
     scene_path: Path | None
     config: dict[str, Any] = field(default_factory=dict)
     kind: str = "mujoco"
     path: Path | None = None
+    # What a policy trained for this task observes by default: the YAML's `policy_inputs`, which
+    # leaves out privileged observations (push_t's full state beside its image), else all.
+    policy_inputs: list[str] = field(default_factory=list)
 
     @property
     def action_key(self) -> str:
@@ -123,7 +126,20 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     obs_keys = [k for k, f in features.items() if f.kind in ("image", "lowdim")]
     return TaskSpec(name=str(cfg["name"]), fps=fps, max_steps=max_steps, features=features,
                     observation_keys=obs_keys, robot=robot, scene_path=scene, config=cfg,
-                    kind=kind, path=path)
+                    kind=kind, path=path, policy_inputs=_policy_inputs(cfg, obs_keys, path))
+
+
+def _policy_inputs(cfg: dict[str, Any], obs_keys: list[str], path: Path) -> list[str]:
+    raw = cfg.get("policy_inputs")
+    if raw is None:
+        return list(obs_keys)
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{path}: 'policy_inputs' must be a non-empty list of observation names")
+    for key in raw:
+        if key not in obs_keys:
+            raise UserError(f"{path}: policy_inputs entry '{key}' is not an image or low-dim "
+                            f"observation (observations: {', '.join(obs_keys)})")
+    return [str(k) for k in raw]
 
 
 def as_task(task: str | Path | TaskSpec) -> TaskSpec:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from robodiff.errors import UserError
 from robodiff.features import features_from_dict
+from robodiff.policy.base import ChunkSpec
 
 WEIGHTS = "model.safetensors"
 META = "policy.json"
@@ -183,15 +184,26 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{file}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
+def _checked_meta(ckpt: Path) -> dict[str, Any]:
+    meta = read_policy_meta(ckpt)
+    for key in ("policy", "features"):
+        if key not in meta:
+            raise UserError(f"{ckpt / META}: missing '{key}'")
+    return meta
+
+
+def read_chunk_spec(path: str | os.PathLike) -> ChunkSpec:
+    """The checkpoint's chunk lengths, keys and features, without building or loading the network."""
+    meta = _checked_meta(resolve_checkpoint(path))
+    return ChunkSpec.from_config(meta["policy"], features_from_dict(meta["features"]))
+
+
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> torch.nn.Module:
     """Rebuild the policy from `policy.json` and load its (EMA) weights; returned in eval mode."""
     from robodiff.policy.factory import build_policy
 
     ckpt = resolve_checkpoint(path)
-    meta = read_policy_meta(ckpt)
-    for key in ("policy", "features"):
-        if key not in meta:
-            raise UserError(f"{ckpt / META}: missing '{key}'")
+    meta = _checked_meta(ckpt)
     policy = build_policy(meta["policy"], features_from_dict(meta["features"]), meta.get("stats"))
     weights = read_weights(ckpt)
     state = (weights["ema"] if ema else {}) or weights["model"]

@@ -12,10 +12,6 @@ from robodiff.data.store import EpisodeStore
 from robodiff.errors import StoreError, UserError
 from robodiff.features import Features
 
-# Names a task YAML may use for the observation keys its policies consume.
-TASK_OBS_FIELDS = ("observation_keys", "obs_keys")
-
-
 def imported_path(src: Path) -> Path:
     """Where a foreign dataset is imported to: next to it, so the import happens once."""
     return src.parent / f"{src.name.rstrip('/')}.robodiff.zarr"
@@ -53,7 +49,7 @@ def resolve_store(dataset: str | os.PathLike, may_import: bool = True) -> Path:
 
 
 def task_obs_keys(task: Any) -> tuple[str, list[str] | None]:
-    """(task name, observation keys the task lists) for a task name / path; keys None if unknown.
+    """(task name, the task's policy inputs) for a task name / path; keys None if unknown.
 
     Task loading belongs to the simulation package; when it is absent or the task is not a
     simulated one, the task is just a name and the dataset's features decide.
@@ -66,13 +62,7 @@ def task_obs_keys(task: Any) -> tuple[str, list[str] | None]:
     except ImportError:
         return Path(name).stem, None
     spec = load_task(name)
-    for field_name in TASK_OBS_FIELDS:
-        keys = getattr(spec, field_name, None)
-        if keys is None and isinstance(spec, dict):
-            keys = spec.get(field_name)
-        if keys:
-            return str(getattr(spec, "name", Path(name).stem)), [str(k) for k in keys]
-    return str(getattr(spec, "name", Path(name).stem)), None
+    return spec.name, list(spec.policy_inputs)
 
 
 def choose_obs_keys(store_features: Features, store_path: Path, task_name: str,

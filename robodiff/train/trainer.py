@@ -168,8 +168,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo) -> Run:
     window_args = dict(obs_keys=obs_keys, action_key=action_key, horizon=policy.horizon,
                        n_obs_steps=policy.n_obs_steps, n_action_steps=policy.n_action_steps)
     train_ds = WindowDataset(store_path, episodes=train_eps, cache=cache, **window_args)
-    # Validation reads a few batches now and then: no second copy of the images in RAM.
-    val_ds = WindowDataset(store_path, episodes=val_eps, cache="none", **window_args) if val_eps else None
+    val_ds = train_ds.subset(val_eps) if val_eps else None
 
     batch_size = int(t.batch_size) if t.batch_size is not None else (64 if image_keys else 256)
     per_rank = math.ceil(len(train_ds) / info.world_size)

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from robodiff.data.importers.source import Episode, Source, lowdim, require_action
+from robodiff.data.importers.source import Episode, Source, check_lengths, lowdim, require_action
 from robodiff.data.video import FrameSampler, first_frame
 from robodiff.errors import UserError
 from robodiff.features import Feature, Features
@@ -120,11 +120,8 @@ def _episodes(episodes: list[Path], features: Features, fps: float) -> Generator
     for folder in episodes:
         steps_path = folder / "steps.npz"
         data = _load_steps(steps_path)
+        check_lengths(data, str(steps_path))  # before the videos are decoded
         length = len(data["action"])
-        for key, arr in data.items():
-            if len(arr) != length:
-                raise UserError(f"{steps_path}: '{key}' has {len(arr)} steps, 'action' has {length} "
-                                f"(unequal lengths)")
         if "timestamp" not in data:
             data["timestamp"] = np.arange(length, dtype=np.float64) / fps
         times = data["timestamp"].astype(np.float64)
@@ -134,11 +131,8 @@ def _episodes(episodes: list[Path], features: Features, fps: float) -> Generator
             if path is None:
                 raise UserError(f"{folder}: no {camera}.mp4 or {camera}/*.png (episode 0 has it)")
             if path.suffix == ".mp4":
-                sampler = FrameSampler(path)
-                try:
+                with FrameSampler(path) as sampler:
                     data[camera] = sampler.frames_at(times - times[0], f"{steps_path}'s timestamps")
-                finally:
-                    sampler.close()
             else:
                 pngs = _pngs(path)
                 if len(pngs) != length:

@@ -50,12 +50,9 @@ def _episodes(src: Path, buffer: Source, cameras: list[str]) -> Generator[Episod
                 path = src / "videos" / str(k) / f"{camera}.mp4"
                 if not path.is_file():
                     raise UserError(f"{path}: missing (every episode needs a video per camera)")
-                sampler = FrameSampler(path)
-                try:
+                with FrameSampler(path) as sampler:
                     episode.data[camera_feature_name(camera)] = sampler.frames_at(
                         relative, f"episode {k}'s timestamps")
-                finally:
-                    sampler.close()
             yield episode
     finally:
         buffer.episodes.close()

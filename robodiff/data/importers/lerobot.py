@@ -17,7 +17,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from robodiff.data.importers.source import Episode, Source, lowdim, require_action
@@ -196,18 +195,36 @@ def _decode_images(table: pa.Table, key: str, path: Path) -> np.ndarray:
     return np.stack(images)
 
 
+class EpisodeRows:
+    """Row numbers of each episode in a data file that holds several (grouped once per file:
+    filtering the whole table per episode costs files x episodes)."""
+
+    def __init__(self, table: pa.Table, path: Path):
+        if "episode_index" not in table.column_names:
+            raise UserError(f"{path}: no column 'episode_index'")
+        column = table.column("episode_index").to_numpy()
+        self.order = np.argsort(column, kind="stable")
+        self.sorted = column[self.order]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        lo, hi = np.searchsorted(self.sorted, [index, index + 1])
+        return self.order[lo:hi]
+
+
 def _stream(layout: Layout, episodes: list[dict[str, Any]]) -> Generator[Episode, None, None]:
     samplers: dict[str, FrameSampler] = {}
-    cached: tuple[Path, pa.Table] | None = None
+    cached: tuple[Path, pa.Table, EpisodeRows | None] | None = None
     try:
         for episode in episodes:
             path = _data_file(layout, episode)
             if cached is None or cached[0] != path:
-                cached = (path, _read_table(path))
-            table = cached[1]
+                table = _read_table(path)
+                shared = layout.version == "v3.0" or "episode_index" in table.column_names
+                cached = (path, table, EpisodeRows(table, path) if shared else None)
+            _, table, rows = cached
             index = int(episode["episode_index"])
-            if layout.version == "v3.0" or "episode_index" in table.column_names:
-                table = table.filter(pc.equal(table.column("episode_index"), index))
+            if rows is not None:
+                table = table.take(rows[index])
             n = table.num_rows
             if n == 0:
                 raise UserError(f"{path}: no rows for episode {index}")

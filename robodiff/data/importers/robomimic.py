@@ -95,9 +95,6 @@ def _episodes(f: h5py.File, src: Path, demos: list[str], fps: float) -> Generato
             data = {"action": actions[()]}
             for key, ds in obs.items():
                 data[feature_name(key)] = ds[()]
-                if len(ds) != len(actions):
-                    raise UserError(f"{src}: {demo.name}/obs/{key} has {len(ds)} steps, actions has "
-                                    f"{len(actions)} (unequal lengths)")
             data["timestamp"] = np.arange(len(actions), dtype=np.float64) / fps
             yield Episode(data, f"{src} {demo.name}")
     finally:
