@@ -230,6 +230,29 @@ def test_the_chunk_spec_read_without_weights_matches_the_loaded_policy(tmp_path)
         assert getattr(spec, key) == getattr(policy, key), key
 
 
+def _edit_meta(run: Path, edit) -> None:
+    from robodiff.train.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(run) / "policy.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m["policy"]["noise_scheduler"].update(inference_scheduler="ddpm"), "executor=rtc needs a diffusion policy sampled with DDIM"),
+    (lambda m: m["policy"].pop("horizon"), "policy config has no 'horizon' key"),
+])
+def test_rtc_and_chunk_spec_refuse_unfit_checkpoints_in_one_line(tmp_path, edit, needle):
+    run = untrained_checkpoint(tmp_path / "run", [8, 16, 32])
+    _edit_meta(run, edit)
+    proc = _cli(f"checkpoint={run}", "robot=push_block", "executor=rtc", "duration_s=1",
+                "torch_threads=1", "--json")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
 def test_weights_the_inference_process_cannot_load_are_a_one_line_error(tmp_path):
     from robodiff.train.checkpoint import resolve_checkpoint
 
@@ -332,9 +355,35 @@ def test_a_simulated_episode_lasts_the_tasks_time_budget_stalls_included():
                                                    inference_delay_s=0.25), "push_block",
                    outcome=outcome, progress=False)
     assert stats["stop_reason"] == "episode done" and not stats["success"]
-    assert 1.5 <= stats["episode_time_s"] < 1.5 + 0.35
+    # At most one inference and one period past the budget before the episode is scored.
+    assert 1.5 <= stats["episode_time_s"] < 1.5 + 0.25 + 2 * 0.1
     # 15 ticks without stalls; each 2-action chunk costs ~0.35 s here, so about 9 actions fit.
     assert 6 <= stats["steps"] <= 11 and stats["stalls"] >= 3
+
+
+class SlowFirstCall(GoToPolicy):
+    """Its very first inference (not per episode) is slow, like a CUDA graph capture."""
+
+    def __init__(self, target):
+        super().__init__(target)
+        self.warm = False
+
+    def predict_action_chunk(self, obs_history):
+        if not self.warm:
+            time.sleep(0.6)
+            self.warm = True
+        return super().predict_action_chunk(obs_history)
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_a_slow_first_inference_is_paid_before_the_first_episode_starts(executor):
+    robot, outcome = build_robot("push_block", seed=6)
+    outcome.time_limit_s = 1.0
+    stats = deploy(SlowFirstCall(TARGET), robot, _cfg(executor=executor), "push_block",
+                   outcome=outcome, progress=False)
+    # Without the warm-up the first 0.6 s of the 1 s budget would pass holding still.
+    assert stats["inference_p99_ms"] < 300 and stats["steps"] >= 9
+    assert stats["score"] is not None and stats["stop_reason"] == "episode done"
 
 
 def test_episodes_is_checked_in_one_line():

@@ -84,15 +84,18 @@ class FakeBackend:
         self.closed = True
 
 
-def _drive(executor, backend: FakeBackend | None, ticks: int) -> list[tuple[float, np.ndarray | None]]:
+def _drive(executor, backend: FakeBackend | None, ticks: int,
+           lag: float = 0.0) -> list[tuple[float, np.ndarray | None]]:
+    """`lag`: each observation is that much older than its tick (camera latency)."""
     history = ObservationHistory(StampPolicy.n_obs_steps)
     out = []
     for k in range(ticks):
         now = round(k * DT, 9)
         if backend is not None:
             backend.now = now
-        history.push({"t": np.array([now])})
-        out.append((now, executor.act(now, history, now)))
+        t_obs = round(now - lag, 9)
+        history.push({"t": np.array([t_obs])})
+        out.append((now, executor.act(now, history, t_obs)))
     return out
 
 
@@ -147,29 +150,50 @@ def test_async_latency_estimate_sets_the_launch_lead():
     assert ex.lead_steps() == 1
     _drive(ex, backend, 40)
     assert ex.lead_steps() == 4  # ceil(0.25 / 0.1) + 1
-    assert ex.frozen_prefix(backend.now).shape[0] == 4
+    assert ex.frozen_prefix(backend.now, backend.now).shape[0] == 4
 
 
-@pytest.mark.parametrize("latency", [0.15, 0.25, 0.45])
-def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency):
+@pytest.mark.parametrize("latency,lag", [(0.15, 0.0), (0.25, 0.0), (0.45, 0.0), (0.25, 0.06), (0.25, 0.14)])
+def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency, lag):
     policy = GuidedStampPolicy()
     backend = FakeBackend(policy, latency)
     ex = RTCExecutor(policy, DT, backend)
-    trace = _drive(ex, backend, 100)
+    trace = _drive(ex, backend, 100, lag=lag)
     played = {round(t, 6): a for t, a in trace if a is not None}
     assert len(policy.frozen) == len(backend.submits) > 10 and policy.calls == len(backend.submits)
     assert policy.frozen[0].size == 0  # nothing planned yet at the first launch
     checked = 0
     for t_submit, frozen in list(zip(backend.submits, policy.frozen))[3:]:
-        assert len(frozen) == ex.lead_steps()
+        assert len(frozen) == ex.lead_steps() + round(lag / DT)
         for j, action in enumerate(frozen):
-            t = round(t_submit + (j + 1) * DT, 6)
+            # frozen[j] is for the slot j + 1 periods after the observation, played at the
+            # tick nearest to it.
+            t = round(round((t_submit - lag + (j + 1) * DT) / DT) * DT, 6)
             if t in played:
                 # Before and after the new chunk arrives, the robot plays exactly what was frozen:
                 # the switch to the new chunk is seamless.
                 np.testing.assert_array_equal(played[t], action)
                 checked += 1
     assert checked > 20
+
+
+def test_process_inference_carries_the_frozen_prefix_to_a_guided_policy():
+    backend = ProcessInference(functools.partial(GuidedStampPolicy), guided=True)
+    try:
+        history = ObservationHistory(2)
+        history.push({"t": np.array([1.0])})
+        frozen = np.array([[7.0, 1.1], [7.0, 1.2]])
+        backend.submit(history.stacked(), 1.0, frozen=frozen)
+        deadline = time.monotonic() + 10.0
+        result = None
+        while result is None and time.monotonic() < deadline:
+            result = backend.poll()
+            time.sleep(0.005)
+        assert result is not None
+        np.testing.assert_array_equal(result.chunk[2:4], frozen)
+        assert result.chunk[4] == pytest.approx([0, 1.3])
+    finally:
+        backend.close()
 
 
 def test_rtc_needs_a_guided_policy():

@@ -125,6 +125,20 @@ def test_guided_sampling_keeps_the_frozen_actions_and_conditions_the_rest_on_the
     np.testing.assert_allclose(chunk[n:], np.tile(frozen[:1], (8 - n, 1)), atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_match_the_eager_sampler_for_guided_and_unguided_calls_in_turn():
+    policy = policy_for().to("cuda")
+    graphed = FastSampler(policy, precision="fp32", threads=None, cuda_graph=True)
+    eager = FastSampler(policy, precision="fp32", threads=None, cuda_graph=False)
+    batch = obs(1)
+    noise = policy.sample_noise(1, torch.Generator("cuda").manual_seed(4))
+    guide = graphed.guide(np.array([[11.0, 4.0], [12.0, 3.0]]))
+    for g in (None, guide, None, guide):
+        torch.testing.assert_close(graphed(batch, noise=noise, guide=g), eager(batch, noise=noise, guide=g),
+                                   atol=1e-4, rtol=0)
+    assert len(graphed._graphs) == 2  # one capture per signature, reused in turn
+
+
 def test_fast_inference_needs_ddim():
     policy = policy_for()
     policy.inference_scheduler_name = "ddpm"

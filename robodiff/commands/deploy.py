@@ -118,6 +118,8 @@ class TaskOutcome:
     `seed` is the one the robot's first reset (at connect) was sampled with."""
 
     def __init__(self, robot: Any, logic: Any, time_limit_s: float, seed: int | None = None):
+        """The simulator advances at most `MAX_CATCH_UP_S` over one stall (see `MujocoRobot`): a
+        hold longer than that counts as that long."""
         self.robot, self.logic, self.time_limit_s = robot, logic, float(time_limit_s)
         self.seed = seed
         self.steps = 0
@@ -208,6 +210,12 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
     recorded: list[int] = []
     try:
         with robot:
+            warm = ObservationHistory(policy.n_obs_steps, keys=list(policy.obs_keys))
+            warm.push(robot.get_observation())
+            executor.warm_up(warm.stacked())
+            if outcome is not None and outcome.seed is not None:
+                # The robot held while the policy warmed up: start the first episode afresh.
+                outcome.reset(outcome.seed)
             safe = SafeRobot(robot, safety_filter, watchdog_s, estop)
             # One runner, clock and executor for the whole run: loop statistics are run totals.
             runner = Runner(safe, executor, Clock(dt), ObservationHistory(policy.n_obs_steps,
@@ -279,6 +287,18 @@ def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> An
     return policy
 
 
+def require_guided_checkpoint(checkpoint: str) -> None:
+    """`executor=rtc` needs guided sampling: a diffusion policy sampled with DDIM (the fast sampler)."""
+    from robodiff.train.checkpoint import read_policy_meta
+
+    policy_cfg = read_policy_meta(checkpoint).get("policy", {})
+    scheduler = (policy_cfg.get("noise_scheduler") or {}).get("inference_scheduler")
+    if not str(policy_cfg.get("name", "")).startswith("diffusion") or scheduler != "ddim":
+        raise ConfigError(f"executor=rtc needs a diffusion policy sampled with DDIM; checkpoint "
+                          f"{checkpoint} has policy '{policy_cfg.get('name')}' with inference_scheduler "
+                          f"'{scheduler}' (use executor=async)")
+
+
 def _list(value: Any) -> Any:
     if value is None or isinstance(value, (int, float)):
         return value
@@ -306,6 +326,8 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     if cfg.executor == "sync":
         policy: Any = load_seeded_policy(checkpoint, cfg.device, cfg.ema, cfg.seed)
     else:
+        if cfg.executor == "rtc":
+            require_guided_checkpoint(checkpoint)  # before the inference process loads it
         # The network lives in the inference process only; this one plans with its interface.
         policy = read_chunk_spec(checkpoint)
         make_policy = functools.partial(load_seeded_policy, checkpoint, cfg.device, cfg.ema, cfg.seed)

@@ -112,7 +112,8 @@ def infer(policy: Policy, obs_history: dict[str, np.ndarray], frozen: np.ndarray
 
 
 class BackgroundInference:
-    """One worker thread running `policy.predict_action_chunk`; one request in flight at a time.
+    """One worker thread running the policy (`infer`: guided when the request carries a frozen
+    prefix); one request in flight at a time.
 
     It shares the GIL with the control loop, whose wake-ups then wait for Python code of the
     policy to yield it; `ProcessInference` does not, and is what `robodiff deploy` uses.
@@ -186,6 +187,11 @@ class BackgroundInference:
         self._thread.join(timeout=timeout_s)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message's lines joined."""
+    return f"{type(exc).__name__}: {' '.join(line.strip() for line in str(exc).splitlines() if line.strip())}"
+
+
 def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
            torch_threads: int, guided: bool) -> None:
     """The inference process: build the policy, then answer one request at a time."""
@@ -199,7 +205,7 @@ def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
         if guided:
             require_guided(policy)
     except BaseException as exc:  # reported to the parent as one line
-        conn.send(("error", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+        conn.send(("error", one_line(exc)))
         return
     torch = sys.modules.get("torch")  # set only if the policy uses torch at all
     if torch is not None:
@@ -219,7 +225,7 @@ def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
                 time.sleep(delay_s)
             conn.send(("chunk", (chunk, time.monotonic() - start)))
         except BaseException as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(("error", one_line(exc)))
             return
 
 
@@ -321,6 +327,11 @@ class Executor:
     def close(self) -> None:
         """Release background resources."""
 
+    def warm_up(self, obs_history: dict[str, np.ndarray]) -> None:
+        """One inference whose result is discarded, before the robot moves: first calls pay for
+        allocations, autotuning and CUDA graph capture."""
+        infer(self.policy, obs_history, None)
+
     def reset(self) -> None:
         """Between episodes: forget the planned actions (absolute targets from a state a reset just
         replaced). Latency estimates and counters stay: they are run totals."""
@@ -380,16 +391,24 @@ def drain(backend: BackgroundInference) -> None:
 
 
 class BackgroundExecutor(Executor):
-    """An executor fed by a background `backend` (`busy`, `submit(obs, t_obs)`, `poll()`, `close()`)."""
+    """An executor fed by a background `backend` (`busy`, `submit(obs, t_obs, frozen=None)`,
+    `poll()`, `close()`)."""
 
     def __init__(self, policy: Policy, dt: float, backend: BackgroundInference,
                  n_action_steps: int | None = None):
         super().__init__(policy, dt, n_action_steps)
         self.backend = backend
 
+    # Whether inferences are guided (they then have a CUDA graph of their own to warm up).
+    guided = False
+
     def reset(self) -> None:
         drain(self.backend)
         self._forget()
+
+    def warm_up(self, obs_history: dict[str, np.ndarray]) -> None:
+        self.backend.submit(obs_history, 0.0, frozen=np.zeros((0, 0)) if self.guided else None)
+        drain(self.backend)
 
     def _forget(self) -> None:
         """Drop every planned action."""
@@ -403,13 +422,13 @@ class BackgroundExecutor(Executor):
             self.inferences += 1
         return result
 
-    def _take_due(self, queue: deque[TimedAction], now: float) -> np.ndarray | None:
+    def _take_due(self, queue: deque[TimedAction], now: float) -> TimedAction | None:
         """This tick's action from a time-ordered queue; actions whose time has passed are dropped."""
         while queue and queue[0].t < now - self.dt / 2:
             queue.popleft()
             self.dropped += 1
         if queue and queue[0].t <= now + self.dt / 2:
-            return queue.popleft().action
+            return queue.popleft()
         return None
 
     def close(self) -> None:
@@ -426,11 +445,15 @@ class AsyncExecutor(BackgroundExecutor):
         super().__init__(policy, dt, backend, n_action_steps)
         self.margin_steps = int(margin_steps)
         self.plan: deque[TimedAction] = deque()
+        # The last actions sent, at their slot times: a guided inference's frozen prefix starts at
+        # the observation, which may be older than the current tick.
+        self.played: deque[TimedAction] = deque(maxlen=self.horizon)
         self.played_from_chunk = 0
         self.splices = 0
 
     def _forget(self) -> None:
         self.plan.clear()
+        self.played.clear()
         self.played_from_chunk = 0
 
     def lead_steps(self) -> int:
@@ -441,14 +464,15 @@ class AsyncExecutor(BackgroundExecutor):
         result = self._receive()
         if result is not None:
             self._splice(result)
-        action = self._take_due(self.plan, now)
-        if action is not None:
+        due = self._take_due(self.plan, now)
+        if due is not None:
+            self.played.append(due)
             self.played_from_chunk += 1
         else:
             self.stalls += int(self.inferences > 0)
         if not self.backend.busy and self._due():
             self._launch(now, history, t_obs)
-        return action
+        return None if due is None else due.action
 
     def _due(self) -> bool:
         lead = self.lead_steps()
@@ -458,11 +482,20 @@ class AsyncExecutor(BackgroundExecutor):
     def _launch(self, now: float, history: ObservationHistory, t_obs: float) -> None:
         self.backend.submit(history.stacked(), t_obs)
 
-    def frozen_prefix(self, now: float) -> np.ndarray:
-        """The planned actions that will run while an inference launched now is in flight."""
-        k = self.lead_steps()
-        upcoming = [ta.action for ta in self.plan if ta.t > now + self.dt / 2][:k]
-        return np.stack(upcoming) if upcoming else np.zeros((0, 0))
+    def frozen_prefix(self, now: float, t_obs: float) -> np.ndarray:
+        """The actions for the slots `t_obs + (j + 1) * dt` up to the end of an inference launched
+        now: sent already (an observation older than the tick) or planned. `(k, A)`; it stops at
+        the first slot with no action."""
+        k = self.lead_steps() + max(0, round((now - t_obs) / self.dt))
+        known = [*self.played, *self.plan]
+        frozen = []
+        for j in range(k):
+            slot = t_obs + (j + 1) * self.dt
+            match = next((ta.action for ta in known if abs(ta.t - slot) <= self.dt / 2), None)
+            if match is None:
+                break
+            frozen.append(match)
+        return np.stack(frozen) if frozen else np.zeros((0, 0))
 
     def _splice(self, result: ChunkResult) -> None:
         """Replace the plan by the new chunk; `_take_due` then drops its actions already past."""
@@ -477,9 +510,10 @@ class RTCExecutor(AsyncExecutor):
     then continues the motion under way instead of jumping to another mode of the policy."""
 
     name = "rtc"
+    guided = True
 
     def _launch(self, now: float, history: ObservationHistory, t_obs: float) -> None:
-        self.backend.submit(history.stacked(), t_obs, frozen=self.frozen_prefix(now))
+        self.backend.submit(history.stacked(), t_obs, frozen=self.frozen_prefix(now, t_obs))
 
 
 def require_guided(policy: Any) -> None:
@@ -510,7 +544,8 @@ class EnsembleExecutor(BackgroundExecutor):
                                                      self.dt)))
         if not self.backend.busy:
             self.backend.submit(history.stacked(), t_obs)
-        predictions = [a for a in (self._take_due(chunk, now) for chunk in self.chunks) if a is not None]
+        predictions = [ta.action for ta in (self._take_due(chunk, now) for chunk in self.chunks)
+                       if ta is not None]
         while self.chunks and not self.chunks[0]:
             self.chunks.popleft()
         if not predictions:

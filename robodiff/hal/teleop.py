@@ -180,7 +180,7 @@ def _hardware_extra(name: str) -> Callable[..., Teleop]:
 
 
 def _keyboard(task: Any, env: Any) -> Teleop:
-    limits = action_limits_of(getattr(env, "robot", None), task.action_key)
+    limits = action_limits_of(getattr(env, "robot", None), "action")  # a Robot's action key
     low, high = (np.zeros(0, np.float32),) * 2 if limits is None else (
         np.asarray(limits[0], np.float32), np.asarray(limits[1], np.float32))
     # One key press moves the target 2 % of the workspace: a few presses per block width.

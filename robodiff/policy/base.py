@@ -43,6 +43,9 @@ class ChunkSpec:
 
     @classmethod
     def from_config(cls, policy_cfg: dict[str, Any], features: Features) -> ChunkSpec:
+        for key in ("horizon", "n_obs_steps", "n_action_steps"):
+            if key not in policy_cfg:
+                raise ConfigError(f"policy config has no '{key}' key")
         horizon = int(policy_cfg["horizon"])
         n_obs_steps = int(policy_cfg["n_obs_steps"])
         n_action_steps = int(policy_cfg["n_action_steps"])

@@ -196,8 +196,8 @@ class FastSampler:
         denoise = unet.denoise if unet is not None else self.policy.denoiser
         self._denoise = torch.compile(denoise, dynamic=False) if compile else denoise
         self.use_graph = cuda_graph and self.device.type == "cuda"
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._static: dict[str, Any] = {}
+        # One captured graph (with its static buffers) per input signature: batch size, guided or not.
+        self._graphs: dict[tuple, dict[str, Any]] = {}
 
     # The Policy protocol, so a controller can hold the sampler wherever it holds a policy.
     @property
@@ -280,26 +280,26 @@ class FastSampler:
         if not self.use_graph:
             guide = None if guide is None else (guide[0].to(self.device), guide[1].to(self.device))
             return self._sample({k: v.to(self.device) for k, v in obs.items()}, noise.to(self.device), guide)
-        # Guide tensors travel as inputs of the graph; a guided call has its own graph.
+        # Guide tensors travel as inputs of the graph; guided calls have a graph of their own.
         extra = {"__noise": noise} if guide is None else {"__noise": noise, "__target": guide[0], "__mask": guide[1]}
         return self._replay(obs, extra)
 
     def _replay(self, obs: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> torch.Tensor:
-        shapes = {k: tuple(v.shape) for k, v in (obs | extra).items()}
-        if self._graph is None or self._static.get("shapes") != shapes:
-            self._capture(obs, extra, shapes)
-        st = self._static
+        signature = tuple(sorted((k, tuple(v.shape)) for k, v in (obs | extra).items()))
+        st = self._graphs.get(signature)
+        if st is None:
+            st = self._graphs[signature] = self._capture(obs, extra)
         for key, x in obs.items():
             st["host"][key].copy_(x)
             st["in"][key].copy_(st["host"][key], non_blocking=True)
         for key, x in extra.items():
             st["in"][key].copy_(x, non_blocking=True)
-        self._graph.replay()
+        st["graph"].replay()
         st["out_host"].copy_(st["out"], non_blocking=True)
         torch.cuda.current_stream().synchronize()
         return st["out_host"].clone()
 
-    def _capture(self, obs: dict[str, torch.Tensor], extra: dict[str, torch.Tensor], shapes: dict) -> None:
+    def _capture(self, obs: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> dict[str, Any]:
         static_in = {k: v.to(self.device).clone() for k, v in (obs | extra).items()}
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in obs.items()}
         guide = (static_in["__target"], static_in["__mask"]) if "__mask" in static_in else None
@@ -316,9 +316,8 @@ class FastSampler:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = step()
-        self._graph = graph
-        self._static = {"shapes": shapes, "in": static_in, "host": host, "out": out,
-                        "out_host": torch.empty(out.shape, dtype=out.dtype, pin_memory=True)}
+        return {"graph": graph, "in": static_in, "host": host, "out": out,
+                "out_host": torch.empty(out.shape, dtype=out.dtype, pin_memory=True)}
 
     def predict_action_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
         return self(self.policy.obs_history_to_batch(obs_history))[0].float().cpu().numpy()

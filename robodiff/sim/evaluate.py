@@ -93,7 +93,7 @@ def action_bounds(task: Any, env: Any) -> tuple[np.ndarray, np.ndarray]:
     """The action box: the robot's `action_limits`, or a gym env's `action_space`."""
     from robodiff.hal.base import action_limits_of
 
-    limits = action_limits_of(getattr(env, "robot", None), task.action_key)
+    limits = action_limits_of(getattr(env, "robot", None), "action")  # a Robot's action key
     if limits is not None:
         return np.asarray(limits[0]), np.asarray(limits[1])
     space = getattr(env, "action_space", None)
