@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from robodiff.control.executors import (AsyncExecutor, BackgroundInference, ChunkResult,
-                                        EnsembleExecutor, ProcessInference, RTCExecutor,
+                                        EnsembleExecutor, Guide, ProcessInference, RTCExecutor,
                                         SyncExecutor, infer, make_executor, timestamp_chunk)
 from robodiff.control.history import ObservationHistory
 from robodiff.errors import ConfigError, UserError
@@ -40,17 +40,20 @@ class StampPolicy:
 
 
 class GuidedStampPolicy(StampPolicy):
-    """StampPolicy whose guided chunks keep `frozen[j]` at entry `n_obs_steps + j`."""
+    """StampPolicy whose guided chunk entry `n_obs_steps + j` is `w frozen[j] + (1 - w) own[j]`."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.frozen: list[np.ndarray] = []
+        self.guides: list[Guide] = []
 
-    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray], frozen: np.ndarray) -> np.ndarray:
-        self.frozen.append(frozen)
+    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray], frozen: np.ndarray,
+                                    weights: np.ndarray | None = None) -> np.ndarray:
+        weights = np.ones(len(frozen)) if weights is None else weights
+        self.guides.append(Guide(frozen, weights))
         chunk = self.predict_action_chunk(obs_history)
         if frozen.size:
-            chunk[self.n_obs_steps:self.n_obs_steps + len(frozen)] = frozen
+            span = slice(self.n_obs_steps, self.n_obs_steps + len(frozen))
+            chunk[span] = weights[:, None] * frozen + (1 - weights[:, None]) * chunk[span]
         return chunk
 
 
@@ -68,10 +71,10 @@ class FakeBackend:
     def busy(self) -> bool:
         return self.pending is not None
 
-    def submit(self, obs: dict[str, np.ndarray], t_obs: float, frozen: np.ndarray | None = None) -> None:
+    def submit(self, obs: dict[str, np.ndarray], t_obs: float, guide: Guide | None = None) -> None:
         assert self.pending is None
         self.submits.append(self.now)
-        chunk = infer(self.policy, obs, frozen)
+        chunk = infer(self.policy, obs, guide)
         self.pending = (self.now + self.latency, ChunkResult(chunk, t_obs, self.latency))
 
     def poll(self) -> ChunkResult | None:
@@ -150,7 +153,8 @@ def test_async_latency_estimate_sets_the_launch_lead():
     assert ex.lead_steps() == 1
     _drive(ex, backend, 40)
     assert ex.lead_steps() == 4  # ceil(0.25 / 0.1) + 1
-    assert ex.frozen_prefix(backend.now, backend.now).shape[0] == 4
+    weights = ex.guide(backend.now, backend.now).weights
+    assert weights[:4].tolist() == [1, 1, 1, 1] and 0 < weights[4] < 1  # 4 ticks kept, then blended
 
 
 @pytest.mark.parametrize("latency,lag", [(0.15, 0.0), (0.25, 0.0), (0.45, 0.0), (0.25, 0.06), (0.25, 0.14)])
@@ -160,12 +164,15 @@ def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency, l
     ex = RTCExecutor(policy, DT, backend)
     trace = _drive(ex, backend, 100, lag=lag)
     played = {round(t, 6): a for t, a in trace if a is not None}
-    assert len(policy.frozen) == len(backend.submits) > 10 and policy.calls == len(backend.submits)
-    assert policy.frozen[0].size == 0  # nothing planned yet at the first launch
+    assert len(policy.guides) == len(backend.submits) > 10 and policy.calls == len(backend.submits)
+    assert policy.guides[0].frozen.size == 0  # nothing planned yet at the first launch
     checked = 0
-    for t_submit, frozen in list(zip(backend.submits, policy.frozen))[3:]:
-        assert len(frozen) == ex.lead_steps() + round(lag / DT)
-        for j, action in enumerate(frozen):
+    for t_submit, guide in list(zip(backend.submits, policy.guides))[3:]:
+        n_hard = ex.lead_steps() + round(lag / DT)
+        # Kept exactly while the inference runs, then blended out over the rest of the old plan.
+        assert np.all(guide.weights[:n_hard] == 1) and np.all(np.diff(guide.weights[n_hard - 1:]) < 0)
+        assert 0 < guide.weights[-1] < 1 and len(guide.frozen) > n_hard
+        for j, action in enumerate(guide.frozen[:n_hard]):
             # frozen[j] is for the slot j + 1 periods after the observation, played at the
             # tick nearest to it.
             t = round(round((t_submit - lag + (j + 1) * DT) / DT) * DT, 6)
@@ -177,21 +184,22 @@ def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency, l
     assert checked > 20
 
 
-def test_process_inference_carries_the_frozen_prefix_to_a_guided_policy():
+def test_process_inference_carries_the_guide_to_a_guided_policy():
     backend = ProcessInference(functools.partial(GuidedStampPolicy), guided=True)
     try:
         history = ObservationHistory(2)
         history.push({"t": np.array([1.0])})
-        frozen = np.array([[7.0, 1.1], [7.0, 1.2]])
-        backend.submit(history.stacked(), 1.0, frozen=frozen)
+        frozen = np.array([[7.0, 1.1], [7.0, 1.2], [7.0, 1.3]])
+        backend.submit(history.stacked(), 1.0, guide=Guide(frozen, np.array([1.0, 1.0, 0.5])))
         deadline = time.monotonic() + 10.0
         result = None
         while result is None and time.monotonic() < deadline:
             result = backend.poll()
             time.sleep(0.005)
         assert result is not None
-        np.testing.assert_array_equal(result.chunk[2:4], frozen)
-        assert result.chunk[4] == pytest.approx([0, 1.3])
+        np.testing.assert_array_equal(result.chunk[2:4], frozen[:2])
+        assert result.chunk[4] == pytest.approx([3.5, 1.3])  # half the old plan's 7, half its own 0
+        assert result.chunk[5] == pytest.approx([0, 1.4])
     finally:
         backend.close()
 

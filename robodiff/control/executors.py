@@ -12,9 +12,10 @@ observation, taken at `t_obs`; entry `n_obs_steps - 1 + i` is stamped `t_obs + i
   dropped (counted) and the rest replace the plan from the current tick on. If inference is slower
   than the whole remaining plan, the robot holds.
 - `rtc`: real-time chunking. As `async`, but each inference is given the actions that will still
-  execute while it runs (`AsyncExecutor.frozen_prefix`) and the policy (`GuidedPolicy`, the DDIM
-  fast sampler) inpaints them into the new chunk, denoising the rest consistently with them: the
-  new chunk continues the motion under way. See docs/deployment.md.
+  execute while it runs, and the rest of the plan with weights falling to 0 (`AsyncExecutor.guide`),
+  and the policy (`GuidedPolicy`, the DDIM fast sampler) inpaints them into the new chunk: the new
+  chunk keeps the actions under way and blends from the old plan into its own. See
+  docs/deployment.md.
 - `ensemble`: ACT temporal ensembling. Inference runs back to back in the background; every tick
   averages all chunks' predictions for that tick with weights `exp(-k * i)`, `i = 0` the oldest.
   Averaging is only right for unimodal policies: the mean of two good modes of a diffusion policy
@@ -49,15 +50,28 @@ INFERENCE_NICE = 10
 
 @runtime_checkable
 class GuidedPolicy(Protocol):
-    """The seam for real-time chunking: infer a chunk whose first actions are fixed.
+    """The seam for real-time chunking: infer a chunk that continues a plan under way.
 
-    `frozen` is `(k, A)`: the actions that will execute while this inference runs, `frozen[j]` at
-    `j + 1` ticks after the newest observation; the returned `(horizon, A)` chunk must reproduce
-    them at entries `n_obs_steps + j` (inpainting with guidance) and continue smoothly after them.
+    `frozen` is `(k, A)`: the previous plan's actions for the slots `j + 1` ticks after the newest
+    observation, and `weights[j]` in [0, 1] how firmly entry `n_obs_steps + j` of the returned
+    `(horizon, A)` chunk must follow `frozen[j]`: 1 (the actions that execute while this inference
+    runs) reproduces it, lower weights blend from the old plan into the new chunk's own actions.
     """
 
-    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray],
-                                    frozen: np.ndarray) -> np.ndarray: ...
+    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray], frozen: np.ndarray,
+                                    weights: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What a guided inference request carries (see `GuidedPolicy`)."""
+
+    frozen: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Guide:
+        return cls(np.zeros((0, 0)), np.zeros(0))
 
 
 @dataclass(frozen=True)
@@ -104,16 +118,16 @@ class LatencyEstimate:
         return self._estimate
 
 
-def infer(policy: Policy, obs_history: dict[str, np.ndarray], frozen: np.ndarray | None) -> np.ndarray:
-    """One chunk; with `frozen` (the actions that run meanwhile), a guided one (`GuidedPolicy`)."""
-    if frozen is None:
+def infer(policy: Policy, obs_history: dict[str, np.ndarray], guide: Guide | None) -> np.ndarray:
+    """One chunk; with a `guide` (the plan under way), a guided one (`GuidedPolicy`)."""
+    if guide is None:
         return np.asarray(policy.predict_action_chunk(obs_history))
-    return np.asarray(policy.predict_action_chunk_guided(obs_history, frozen))
+    return np.asarray(policy.predict_action_chunk_guided(obs_history, guide.frozen, guide.weights))
 
 
 class BackgroundInference:
-    """One worker thread running the policy (`infer`: guided when the request carries a frozen
-    prefix); one request in flight at a time.
+    """One worker thread running the policy (`infer`: guided when the request carries a guide);
+    one request in flight at a time.
 
     It shares the GIL with the control loop, whose wake-ups then wait for Python code of the
     policy to yield it; `ProcessInference` does not, and is what `robodiff deploy` uses.
@@ -128,7 +142,7 @@ class BackgroundInference:
         self.delay_s = float(delay_s)
         self.now = now
         self._cond = threading.Condition()
-        self._request: tuple[dict[str, np.ndarray], float, np.ndarray | None] | None = None
+        self._request: tuple[dict[str, np.ndarray], float, Guide | None] | None = None
         self._result: ChunkResult | None = None
         self._busy = False
         self._closed = False
@@ -141,12 +155,12 @@ class BackgroundInference:
         return self._busy
 
     def submit(self, obs_history: dict[str, np.ndarray], t_obs: float,
-               frozen: np.ndarray | None = None) -> None:
+               guide: Guide | None = None) -> None:
         with self._cond:
             if self._busy:
                 raise RuntimeError("an inference is already in flight")
             self._busy = True
-            self._request = (obs_history, t_obs, frozen)
+            self._request = (obs_history, t_obs, guide)
             self._cond.notify()
 
     def poll(self) -> ChunkResult | None:
@@ -163,11 +177,11 @@ class BackgroundInference:
                     self._cond.wait()
                 if self._closed:
                     return
-                obs, t_obs, frozen = self._request
+                obs, t_obs, guide = self._request
                 self._request = None
             start = self.now()
             try:
-                chunk = infer(self.policy, obs, frozen)
+                chunk = infer(self.policy, obs, guide)
                 if self.delay_s > 0:
                     time.sleep(self.delay_s)
             except BaseException as exc:  # surfaced on the control thread by poll()
@@ -264,12 +278,12 @@ class ProcessInference:
         return self._busy
 
     def submit(self, obs_history: dict[str, np.ndarray], t_obs: float,
-               frozen: np.ndarray | None = None) -> None:
+               guide: Guide | None = None) -> None:
         if self._busy:
             raise RuntimeError("an inference is already in flight")
         self._busy = True
         self._pending_t_obs = t_obs
-        self._conn.send((obs_history, frozen))
+        self._conn.send((obs_history, guide))
 
     def poll(self) -> ChunkResult | None:
         if not self._busy or not self._conn.poll():
@@ -391,7 +405,7 @@ def drain(backend: BackgroundInference) -> None:
 
 
 class BackgroundExecutor(Executor):
-    """An executor fed by a background `backend` (`busy`, `submit(obs, t_obs, frozen=None)`,
+    """An executor fed by a background `backend` (`busy`, `submit(obs, t_obs, guide=None)`,
     `poll()`, `close()`)."""
 
     def __init__(self, policy: Policy, dt: float, backend: BackgroundInference,
@@ -407,7 +421,7 @@ class BackgroundExecutor(Executor):
         self._forget()
 
     def warm_up(self, obs_history: dict[str, np.ndarray]) -> None:
-        self.backend.submit(obs_history, 0.0, frozen=np.zeros((0, 0)) if self.guided else None)
+        self.backend.submit(obs_history, 0.0, guide=Guide.empty() if self.guided else None)
         drain(self.backend)
 
     def _forget(self) -> None:
@@ -482,20 +496,26 @@ class AsyncExecutor(BackgroundExecutor):
     def _launch(self, now: float, history: ObservationHistory, t_obs: float) -> None:
         self.backend.submit(history.stacked(), t_obs)
 
-    def frozen_prefix(self, now: float, t_obs: float) -> np.ndarray:
-        """The actions for the slots `t_obs + (j + 1) * dt` up to the end of an inference launched
-        now: sent already (an observation older than the tick) or planned. `(k, A)`; it stops at
-        the first slot with no action."""
-        k = self.lead_steps() + max(0, round((now - t_obs) / self.dt))
+    def guide(self, now: float, t_obs: float) -> Guide:
+        """The plan under way for the slots `t_obs + (j + 1) * dt` (what was sent already, when
+        the observation is older than the tick, then the plan), up to the first slot without an
+        action. Weight 1 up to the end of an inference launched now (those actions execute while
+        it runs), then falling linearly to 0 over the rest of the old plan."""
+        n_hard = self.lead_steps() + max(0, round((now - t_obs) / self.dt))
         known = [*self.played, *self.plan]
         frozen = []
-        for j in range(k):
+        for j in range(self.horizon - self.n_obs_steps):
             slot = t_obs + (j + 1) * self.dt
             match = next((ta.action for ta in known if abs(ta.t - slot) <= self.dt / 2), None)
             if match is None:
                 break
             frozen.append(match)
-        return np.stack(frozen) if frozen else np.zeros((0, 0))
+        if not frozen:
+            return Guide.empty()
+        n_hard = min(n_hard, len(frozen))
+        n_soft = len(frozen) - n_hard
+        weights = np.concatenate([np.ones(n_hard), np.linspace(1.0, 0.0, n_soft + 2)[1:-1]])
+        return Guide(np.stack(frozen), weights)
 
     def _splice(self, result: ChunkResult) -> None:
         """Replace the plan by the new chunk; `_take_due` then drops its actions already past."""
@@ -506,14 +526,15 @@ class AsyncExecutor(BackgroundExecutor):
 
 class RTCExecutor(AsyncExecutor):
     """Real-time chunking: `async`, with each inference given the actions that will execute while
-    it runs (`frozen_prefix`) and asked for a chunk that keeps them (`GuidedPolicy`). A new chunk
-    then continues the motion under way instead of jumping to another mode of the policy."""
+    it runs, and the rest of its plan with falling weights (`guide`), and asked for a chunk that
+    keeps them and blends from them (`GuidedPolicy`). A new chunk then continues the motion under
+    way instead of jumping to another mode of the policy."""
 
     name = "rtc"
     guided = True
 
     def _launch(self, now: float, history: ObservationHistory, t_obs: float) -> None:
-        self.backend.submit(history.stacked(), t_obs, frozen=self.frozen_prefix(now, t_obs))
+        self.backend.submit(history.stacked(), t_obs, guide=self.guide(now, t_obs))
 
 
 def require_guided(policy: Any) -> None:

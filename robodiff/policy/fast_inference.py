@@ -322,9 +322,10 @@ class FastSampler:
     def predict_action_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
         return self(self.policy.obs_history_to_batch(obs_history))[0].float().cpu().numpy()
 
-    def guide(self, frozen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target, mask) for a batch of one fixing chunk entries `n_obs_steps + j` to `frozen[j]`
-        (robot units, `(k, A)`; entries past the horizon are ignored, `k = 0` fixes nothing)."""
+    def guide(self, frozen: np.ndarray, weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target, mask) for a batch of one pulling chunk entry `n_obs_steps + j` to `frozen[j]`
+        (robot units, `(k, A)`) with weight `weights[j]` in [0, 1] (default 1: kept exactly);
+        entries past the horizon are ignored, `k = 0` guides nothing."""
         policy = self.policy
         target = torch.zeros(1, self.horizon, self.action_dim)
         mask = torch.zeros(1, self.horizon, 1)
@@ -335,11 +336,14 @@ class FastSampler:
             values = torch.as_tensor(frozen[:k]).reshape(k, *self.action_shape).to(self.device)
             target[0, start:start + k] = policy.normalizer.normalize_key(policy.action_key, values).reshape(
                 k, self.action_dim).cpu()
-            mask[0, start:start + k] = 1.0
+            w = np.ones(k, np.float32) if weights is None else np.clip(np.asarray(weights, np.float32)[:k], 0, 1)
+            mask[0, start:start + k, 0] = torch.as_tensor(w)
         return target, mask
 
-    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray], frozen: np.ndarray) -> np.ndarray:
+    def predict_action_chunk_guided(self, obs_history: dict[str, np.ndarray], frozen: np.ndarray,
+                                    weights: np.ndarray | None = None) -> np.ndarray:
         """The `GuidedPolicy` seam (real-time chunking): a chunk that keeps the actions which
-        will execute while it is computed and continues from them."""
+        will execute while it is computed (weight 1) and blends from the rest of the previous
+        plan (weights falling to 0) into its own continuation."""
         batch = self.policy.obs_history_to_batch(obs_history)
-        return self(batch, guide=self.guide(frozen))[0].float().cpu().numpy()
+        return self(batch, guide=self.guide(frozen, weights))[0].float().cpu().numpy()
