@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -88,15 +89,16 @@ class FakeBackend:
 
 
 def _drive(executor, backend: FakeBackend | None, ticks: int,
-           lag: float = 0.0) -> list[tuple[float, np.ndarray | None]]:
-    """`lag`: each observation is that much older than its tick (camera latency)."""
+           lag: float | Callable[[], float] = 0.0) -> list[tuple[float, np.ndarray | None]]:
+    """`lag`: each observation is that much older than its tick (camera latency), or a function
+    drawing that age per tick."""
     history = ObservationHistory(StampPolicy.n_obs_steps)
     out = []
     for k in range(ticks):
         now = round(k * DT, 9)
         if backend is not None:
             backend.now = now
-        t_obs = round(now - lag, 9)
+        t_obs = round(now - (lag() if callable(lag) else lag), 9)
         history.push({"t": np.array([t_obs])})
         out.append((now, executor.act(now, history, t_obs)))
     return out
@@ -202,6 +204,34 @@ def test_process_inference_carries_the_guide_to_a_guided_policy():
         assert result.chunk[5] == pytest.approx([0, 1.4])
     finally:
         backend.close()
+
+
+def test_rtc_never_repeats_or_skips_an_action_at_a_switch_under_jittery_camera_latency():
+    """Observations 0.04-0.06 s old: chunks are stamped on both sides of a tick's half-period,
+    so which tick plays which entry changes from chunk to chunk."""
+
+    def played_times(executor_cls, policy):
+        backend = FakeBackend(policy, 0.25)
+        rng = np.random.default_rng(0)
+        trace = _drive(executor_cls(policy, DT, backend), backend, 120, lag=lambda: rng.uniform(0.04, 0.06))
+        return np.array([a[1] for _, a in trace if a is not None])
+
+    steps = np.diff(played_times(RTCExecutor, GuidedStampPolicy()))
+    assert np.all((steps > 0.5 * DT) & (steps < 1.5 * DT)), steps
+    # Plain async, same draws: the new chunk's first action repeats or skips a slot now and then.
+    steps = np.diff(played_times(AsyncExecutor, StampPolicy()))
+    assert np.any((steps < 0.5 * DT) | (steps > 1.5 * DT))
+
+
+def test_rtc_warms_up_the_guided_path_without_touching_the_plan():
+    policy = GuidedStampPolicy()
+    backend = FakeBackend(policy, 0.0)
+    ex = RTCExecutor(policy, DT, backend)
+    history = ObservationHistory(StampPolicy.n_obs_steps)
+    history.push({"t": np.array([0.0])})
+    ex.warm_up(history.stacked())
+    assert len(policy.guides) == 1 and policy.guides[0].frozen.size == 0
+    assert ex.inferences == 0 and not ex.plan and not ex.played and not backend.busy
 
 
 def test_rtc_needs_a_guided_policy():

@@ -213,7 +213,7 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
             warm = ObservationHistory(policy.n_obs_steps, keys=list(policy.obs_keys))
             warm.push(robot.get_observation())
             executor.warm_up(warm.stacked())
-            if outcome is not None and outcome.seed is not None:
+            if outcome is not None:
                 # The robot held while the policy warmed up: start the first episode afresh.
                 outcome.reset(outcome.seed)
             safe = SafeRobot(robot, safety_filter, watchdog_s, estop)
@@ -289,11 +289,14 @@ def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> An
 
 def require_guided_checkpoint(checkpoint: str) -> None:
     """`executor=rtc` needs guided sampling: a diffusion policy sampled with DDIM (the fast sampler)."""
+    from robodiff.policy.diffusion import DiffusionPolicy
+    from robodiff.policy.factory import POLICIES
     from robodiff.train.checkpoint import read_policy_meta
 
     policy_cfg = read_policy_meta(checkpoint).get("policy", {})
-    scheduler = (policy_cfg.get("noise_scheduler") or {}).get("inference_scheduler")
-    if not str(policy_cfg.get("name", "")).startswith("diffusion") or scheduler != "ddim":
+    # As DiffusionPolicy reads it: DDIM unless the config names another sampler.
+    scheduler = (policy_cfg.get("noise_scheduler") or {}).get("inference_scheduler", "ddim")
+    if POLICIES.get(policy_cfg.get("name")) is not DiffusionPolicy or scheduler != "ddim":
         raise ConfigError(f"executor=rtc needs a diffusion policy sampled with DDIM; checkpoint "
                           f"{checkpoint} has policy '{policy_cfg.get('name')}' with inference_scheduler "
                           f"'{scheduler}' (use executor=async)")
@@ -326,10 +329,10 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     if cfg.executor == "sync":
         policy: Any = load_seeded_policy(checkpoint, cfg.device, cfg.ema, cfg.seed)
     else:
-        if cfg.executor == "rtc":
-            require_guided_checkpoint(checkpoint)  # before the inference process loads it
         # The network lives in the inference process only; this one plans with its interface.
         policy = read_chunk_spec(checkpoint)
+        if cfg.executor == "rtc":
+            require_guided_checkpoint(checkpoint)  # before the inference process loads it
         make_policy = functools.partial(load_seeded_policy, checkpoint, cfg.device, cfg.ema, cfg.seed)
     robot, outcome = build_robot(robot_name, cfg.seed)
     check_features(policy, robot, checkpoint, robot_name)

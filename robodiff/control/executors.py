@@ -391,16 +391,18 @@ class SyncExecutor(Executor):
 
 # Longest wait for an inference of the previous episode still in flight.
 DRAIN_TIMEOUT_S = 60.0
+# Longest wait for the warm-up inference (a first call may compile or capture CUDA graphs).
+WARM_UP_TIMEOUT_S = 300.0
 
 
-def drain(backend: BackgroundInference) -> None:
+def drain(backend: BackgroundInference, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     """Wait out an inference in flight and discard its result, so it never plays later."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while backend.busy and time.monotonic() < deadline:
         if backend.poll() is None:
             time.sleep(0.005)
     if backend.busy:
-        raise RuntimeError(f"an inference did not finish within {DRAIN_TIMEOUT_S:.0f} s")
+        raise RuntimeError(f"an inference did not finish within {timeout_s:.0f} s")
     backend.poll()  # a result that arrived as `busy` cleared: discard it too
 
 
@@ -422,7 +424,7 @@ class BackgroundExecutor(Executor):
 
     def warm_up(self, obs_history: dict[str, np.ndarray]) -> None:
         self.backend.submit(obs_history, 0.0, guide=Guide.empty() if self.guided else None)
-        drain(self.backend)
+        drain(self.backend, WARM_UP_TIMEOUT_S)
 
     def _forget(self) -> None:
         """Drop every planned action."""
@@ -459,8 +461,8 @@ class AsyncExecutor(BackgroundExecutor):
         super().__init__(policy, dt, backend, n_action_steps)
         self.margin_steps = int(margin_steps)
         self.plan: deque[TimedAction] = deque()
-        # The last actions sent, at their slot times: a guided inference's frozen prefix starts at
-        # the observation, which may be older than the current tick.
+        # The last actions sent, at the ticks they were sent: a guided inference's plan under way
+        # starts at the observation, which may be older than the current tick.
         self.played: deque[TimedAction] = deque(maxlen=self.horizon)
         self.played_from_chunk = 0
         self.splices = 0
@@ -480,7 +482,7 @@ class AsyncExecutor(BackgroundExecutor):
             self._splice(result)
         due = self._take_due(self.plan, now)
         if due is not None:
-            self.played.append(due)
+            self.played.append(TimedAction(now, due.action))
             self.played_from_chunk += 1
         else:
             self.stalls += int(self.inferences > 0)
@@ -497,22 +499,27 @@ class AsyncExecutor(BackgroundExecutor):
         self.backend.submit(history.stacked(), t_obs)
 
     def guide(self, now: float, t_obs: float) -> Guide:
-        """The plan under way for the slots `t_obs + (j + 1) * dt` (what was sent already, when
-        the observation is older than the tick, then the plan), up to the first slot without an
-        action. Weight 1 up to the end of an inference launched now (those actions execute while
-        it runs), then falling linearly to 0 over the rest of the old plan."""
-        n_hard = self.lead_steps() + max(0, round((now - t_obs) / self.dt))
-        known = [*self.played, *self.plan]
-        frozen = []
+        """The plan under way for the new chunk's slots `t_obs + (j + 1) * dt`: for each, the
+        action played at the tick that will play that slot (`_take_due`'s rule), sent already
+        when that tick has passed (an observation older than the tick), else planned; up to the
+        first slot without one. Weight 1 for the slots played before the chunk is expected back
+        (`lead_steps()` ticks from now), then falling linearly to 0 over the rest."""
+        frozen, n_hard = [], 0
         for j in range(self.horizon - self.n_obs_steps):
             slot = t_obs + (j + 1) * self.dt
-            match = next((ta.action for ta in known if abs(ta.t - slot) <= self.dt / 2), None)
+            # The tick `_take_due` plays a slot at: the first one at most dt/2 before it.
+            tick = now + math.ceil((slot - now) / self.dt - 0.5 - 1e-9) * self.dt
+            if tick <= now + self.dt / 2:
+                match = next((ta.action for ta in self.played if abs(ta.t - tick) < self.dt / 2), None)
+            else:
+                entry = next((ta for ta in self.plan if ta.t >= tick - self.dt / 2), None)
+                match = entry.action if entry is not None and entry.t <= tick + self.dt / 2 else None
             if match is None:
                 break
             frozen.append(match)
+            n_hard += int(tick <= now + (self.lead_steps() + 0.5) * self.dt)
         if not frozen:
             return Guide.empty()
-        n_hard = min(n_hard, len(frozen))
         n_soft = len(frozen) - n_hard
         weights = np.concatenate([np.ones(n_hard), np.linspace(1.0, 0.0, n_soft + 2)[1:-1]])
         return Guide(np.stack(frozen), weights)

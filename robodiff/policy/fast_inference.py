@@ -336,6 +336,8 @@ class FastSampler:
             values = torch.as_tensor(frozen[:k]).reshape(k, *self.action_shape).to(self.device)
             target[0, start:start + k] = policy.normalizer.normalize_key(policy.action_key, values).reshape(
                 k, self.action_dim).cpu()
+            if weights is not None and len(weights) != len(frozen):
+                raise ValueError(f"guide: {len(weights)} weights for {len(frozen)} actions")
             w = np.ones(k, np.float32) if weights is None else np.clip(np.asarray(weights, np.float32)[:k], 0, 1)
             mask[0, start:start + k, 0] = torch.as_tensor(w)
         return target, mask
