@@ -156,7 +156,7 @@ def test_async_latency_estimate_sets_the_launch_lead():
     _drive(ex, backend, 40)
     assert ex.lead_steps() == 4  # ceil(0.25 / 0.1) + 1
     weights = ex.guide(backend.now, backend.now).weights
-    assert weights[:4].tolist() == [1, 1, 1, 1] and 0 < weights[4] < 1  # 4 ticks kept, then blended
+    assert weights[:2].tolist() == [1, 1] and 0 < weights[2] < 1  # 2 ticks before it is back, then blended
 
 
 @pytest.mark.parametrize("latency,lag", [(0.15, 0.0), (0.25, 0.0), (0.45, 0.0), (0.25, 0.06), (0.25, 0.14)])
@@ -170,7 +170,8 @@ def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency, l
     assert policy.guides[0].frozen.size == 0  # nothing planned yet at the first launch
     checked = 0
     for t_submit, guide in list(zip(backend.submits, policy.guides))[3:]:
-        n_hard = ex.lead_steps() + round(lag / DT)
+        # The ticks before the chunk is back, plus the slot whose tick passed (an old observation).
+        n_hard = math.ceil(latency / DT) - 1 + round(lag / DT)
         # Kept exactly while the inference runs, then blended out over the rest of the old plan.
         assert np.all(guide.weights[:n_hard] == 1) and np.all(np.diff(guide.weights[n_hard - 1:]) < 0)
         assert 0 < guide.weights[-1] < 1 and len(guide.frozen) > n_hard
@@ -183,7 +184,7 @@ def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency, l
                 # the switch to the new chunk is seamless.
                 np.testing.assert_array_equal(played[t], action)
                 checked += 1
-    assert checked > 20
+    assert checked > 10
 
 
 def test_process_inference_carries_the_guide_to_a_guided_policy():

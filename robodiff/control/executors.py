@@ -503,7 +503,8 @@ class AsyncExecutor(BackgroundExecutor):
         action played at the tick that will play that slot (`_take_due`'s rule), sent already
         when that tick has passed (an observation older than the tick), else planned; up to the
         first slot without one. Weight 1 for the slots played before the chunk is expected back
-        (`lead_steps()` ticks from now), then falling linearly to 0 over the rest."""
+        (the latency estimate from now: those play from the old plan whatever the new chunk
+        says), then falling linearly to 0 over the rest."""
         frozen, n_hard = [], 0
         for j in range(self.horizon - self.n_obs_steps):
             slot = t_obs + (j + 1) * self.dt
@@ -517,7 +518,7 @@ class AsyncExecutor(BackgroundExecutor):
             if match is None:
                 break
             frozen.append(match)
-            n_hard += int(tick <= now + (self.lead_steps() + 0.5) * self.dt)
+            n_hard += int(tick < now + self.latency.estimate())
         if not frozen:
             return Guide.empty()
         n_soft = len(frozen) - n_hard
