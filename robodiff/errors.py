@@ -11,3 +11,9 @@ class StoreError(UserError):
 
 class ConfigError(UserError):
     """A config key is unknown, mistyped or inconsistent."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message's lines joined (a child process's
+    error, reported by its parent)."""
+    return f"{type(exc).__name__}: {' '.join(line.strip() for line in str(exc).splitlines() if line.strip())}"

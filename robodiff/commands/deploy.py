@@ -122,7 +122,6 @@ class TaskOutcome:
         hold longer than that counts as that long."""
         self.robot, self.logic, self.time_limit_s = robot, logic, float(time_limit_s)
         self.seed = seed
-        self.steps = 0
         self.best = 0.0
         self.success = False
 
@@ -131,13 +130,11 @@ class TaskOutcome:
         resets its episode with that seed (so the same seeds give the same starts)."""
         rng = np.random.default_rng(seed)
         self.robot.reset(lambda model, data: self.logic.reset(model, data, rng))
-        self.steps = 0
         self.best = 0.0
         self.success = False
 
     def __call__(self) -> dict[str, Any]:
         score, success, _ = self.logic.evaluate(self.robot.model, self.robot.data)
-        self.steps += 1
         self.best = max(self.best, float(score))
         self.success = self.success or bool(success)
         elapsed = float(self.robot.data.time)  # simulated seconds since the reset
@@ -289,17 +286,15 @@ def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> An
 
 def require_guided_checkpoint(checkpoint: str) -> None:
     """`executor=rtc` needs guided sampling: a diffusion policy sampled with DDIM (the fast sampler)."""
-    from robodiff.policy.diffusion import DiffusionPolicy
-    from robodiff.policy.factory import POLICIES
+    from robodiff.policy.diffusion import inference_scheduler_name
+    from robodiff.policy.factory import samples_with_ddim
     from robodiff.train.checkpoint import read_policy_meta
 
     policy_cfg = read_policy_meta(checkpoint).get("policy", {})
-    # As DiffusionPolicy reads it: DDIM unless the config names another sampler.
-    scheduler = (policy_cfg.get("noise_scheduler") or {}).get("inference_scheduler", "ddim")
-    if POLICIES.get(policy_cfg.get("name")) is not DiffusionPolicy or scheduler != "ddim":
+    if not samples_with_ddim(policy_cfg):
         raise ConfigError(f"executor=rtc needs a diffusion policy sampled with DDIM; checkpoint "
                           f"{checkpoint} has policy '{policy_cfg.get('name')}' with inference_scheduler "
-                          f"'{scheduler}' (use executor=async)")
+                          f"'{inference_scheduler_name(policy_cfg)}' (use executor=async)")
 
 
 def _list(value: Any) -> Any:

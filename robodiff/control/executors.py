@@ -41,7 +41,7 @@ import numpy as np
 
 from robodiff.control.clock import percentiles_ms
 from robodiff.control.history import ObservationHistory
-from robodiff.errors import ConfigError, UserError
+from robodiff.errors import ConfigError, UserError, one_line
 from robodiff.policy.base import Policy
 
 EXECUTORS = ("sync", "async", "rtc", "ensemble")
@@ -199,11 +199,6 @@ class BackgroundInference:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=timeout_s)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and its message's lines joined."""
-    return f"{type(exc).__name__}: {' '.join(line.strip() for line in str(exc).splitlines() if line.strip())}"
 
 
 def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
@@ -506,6 +501,7 @@ class AsyncExecutor(BackgroundExecutor):
         (the latency estimate from now: those play from the old plan whatever the new chunk
         says), then falling linearly to 0 over the rest."""
         frozen, n_hard = [], 0
+        arrival = now + self.latency.estimate()
         for j in range(self.horizon - self.n_obs_steps):
             slot = t_obs + (j + 1) * self.dt
             # The tick `_take_due` plays a slot at: the first one at most dt/2 before it.
@@ -518,7 +514,7 @@ class AsyncExecutor(BackgroundExecutor):
             if match is None:
                 break
             frozen.append(match)
-            n_hard += int(tick < now + self.latency.estimate())
+            n_hard += int(tick < arrival)
         if not frozen:
             return Guide.empty()
         n_soft = len(frozen) - n_hard

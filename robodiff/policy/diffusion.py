@@ -98,6 +98,11 @@ class ChunkPolicy(nn.Module):
         return self.predict_action(self.obs_history_to_batch(obs_history))[0].float().cpu().numpy()
 
 
+def inference_scheduler_name(policy_cfg: dict[str, Any]) -> str:
+    """The sampler a diffusion policy config asks for (DDIM unless it names another)."""
+    return str(dict(policy_cfg.get("noise_scheduler") or {}).get("inference_scheduler", "ddim"))
+
+
 class DiffusionPolicy(ChunkPolicy):
     def __init__(self, policy_cfg: dict[str, Any], features: Features, stats: dict[str, dict] | None):
         super().__init__(policy_cfg, features, stats)
@@ -108,7 +113,7 @@ class DiffusionPolicy(ChunkPolicy):
         if self.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(f"policy.noise_scheduler.prediction_type '{self.prediction_type}' is not one of "
                               f"{', '.join(PREDICTION_TYPES)}")
-        self.inference_scheduler_name = sched.get("inference_scheduler", "ddim")
+        self.inference_scheduler_name = inference_scheduler_name(policy_cfg)
         if self.inference_scheduler_name not in INFERENCE_SCHEDULERS:
             raise ConfigError(f"policy.noise_scheduler.inference_scheduler '{self.inference_scheduler_name}' "
                               f"is not one of {', '.join(INFERENCE_SCHEDULERS)}")

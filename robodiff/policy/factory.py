@@ -8,7 +8,7 @@ from torch import nn
 
 from robodiff.errors import ConfigError
 from robodiff.features import Features
-from robodiff.policy.diffusion import DiffusionPolicy
+from robodiff.policy.diffusion import DiffusionPolicy, inference_scheduler_name
 from robodiff.policy.regression import RegressionPolicy
 
 POLICIES = {"diffusion_unet": DiffusionPolicy, "diffusion_transformer": DiffusionPolicy,
@@ -27,3 +27,9 @@ def build_policy(policy_cfg: dict[str, Any], features: Features, stats: dict[str
         if key not in policy_cfg:
             raise ConfigError(f"policy config has no '{key}' key")
     return POLICIES[name](policy_cfg, features, stats)
+
+
+def samples_with_ddim(policy_cfg: dict[str, Any]) -> bool:
+    """Whether the config builds a DiffusionPolicy sampled with DDIM: what the fast sampler, and
+    so guided sampling (`executor=rtc`), runs."""
+    return POLICIES.get(policy_cfg.get("name")) is DiffusionPolicy and inference_scheduler_name(policy_cfg) == "ddim"
