@@ -12,7 +12,8 @@ import pytest
 from robodiff.cli import main
 from robodiff.control.history import ObservationHistory
 from robodiff.features import Feature
-from robodiff.sim.evaluate import RecedingHorizonController, check_policy_features, wilson_interval
+from robodiff.sim.evaluate import (ExecutorController, RecedingHorizonController, check_policy_features,
+                                   wilson_interval)
 from robodiff.errors import UserError
 
 
@@ -88,6 +89,39 @@ def test_receding_horizon_executes_n_action_steps_from_the_newest_observation():
     assert [c.tolist() for c in policy.calls] == [[0, 0], [2, 3], [5, 6]]
     ctrl.reset(1)
     assert policy.resets == 2 and float(ctrl.act({"state": np.array([9.0])}, None)[0]) == 301
+
+
+def drive(controller: ExecutorController, ticks: int) -> list[float]:
+    controller.reset(0)
+    return [float(controller.act({"state": np.array([1000.0 + t], np.float32)}, env=None)[0])
+            for t in range(ticks)]
+
+
+def test_sync_on_the_episode_clock_holds_the_robot_through_each_inference():
+    policy = ChunkRecorder()
+    played = drive(ExecutorController(policy, "sync", latency_s=0.25, dt=0.1), 12)
+    # Each inference blocks the loop for 3 ticks (0.25 s): the robot holds (first where it is),
+    # then the chunk plays from its first action; the observations of blocked ticks are never seen.
+    assert played == [1000, 1000, 1000, 1, 2, 3, 3, 3, 3, 101, 102, 103]
+    assert [c.tolist() for c in policy.calls] == [[1000, 1000], [1005, 1006]]
+    # The action goes out when the inference ends, at the nearest tick: 0.04 s costs no tick
+    # (deploy sends it within the period), 0.17 s two.
+    assert drive(ExecutorController(ChunkRecorder(), "sync", latency_s=0.04, dt=0.1), 4) == [1, 2, 3, 101]
+    assert drive(ExecutorController(ChunkRecorder(), "sync", latency_s=0.17, dt=0.1), 6) == [1000, 1000, 1, 2, 3, 3]
+
+
+def test_async_on_the_episode_clock_drops_the_actions_that_passed_while_it_inferred():
+    policy = ChunkRecorder()
+    played = drive(ExecutorController(policy, "async", latency_s=0.25, dt=0.1), 10)
+    # Chunk k (from the observation of tick t_k) arrives 3 ticks later; its actions for ticks
+    # already past are dropped, so it plays from its 4th; with nothing due the robot holds.
+    assert played == [1000, 1000, 1000, 4, 5, 5, 104, 105, 105, 204]
+    assert [c.tolist() for c in policy.calls] == [[1000, 1000], [1002, 1003], [1005, 1006], [1008, 1009]]
+    # Every episode starts afresh: the plan and the inference in flight at the end of one
+    # (launched at tick 9) never play in the next, which holds until its own first chunk.
+    controller = ExecutorController(ChunkRecorder(), "async", latency_s=0.25, dt=0.1)
+    assert drive(controller, 10) == played
+    assert drive(controller, 4) == [1000, 1000, 1000, 404]
 
 
 def test_policy_features_must_match_the_task():
@@ -220,6 +254,44 @@ def test_checkpoint_rollouts_are_seeded_and_parallel_equals_serial(tmp_path):
     a, b = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
     assert a == b and [r["seed"] for r in a] == [4, 5]
     assert all(r["length"] == 30 for r in a)  # random weights never succeed: full-length episodes
+
+
+def test_checkpoint_through_a_deployment_executor_with_latency(tmp_path, capsys):
+    from robodiff.sim.evaluate import evaluate
+    from robodiff.sim.tasks import load_task
+
+    run = save_small_diffusion_checkpoint(tmp_path / "run")
+    task = load_task("push_block")
+    task.max_steps = 20
+    common = dict(checkpoint=run, episodes=1, seed=4, n_videos=0)
+    rtc = evaluate(task, out=tmp_path / "rtc", executor="rtc", latency_s=0.3, **common)
+    assert rtc["executor"] == "rtc" and rtc["latency_s"] == 0.3 and rtc["mean_length"] == 20
+    evaluate(task, out=tmp_path / "a", executor="async", latency_s=0.3, **common)
+    evaluate(task, out=tmp_path / "b", executor="async", latency_s=0.3, **common)
+    assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")  # repeatable to the episode
+
+    class StayPut(ChunkRecorder):
+        features = {"state": Feature("lowdim", (2,)), "action": Feature("action", (2,))}
+
+        def predict_action_chunk(self, obs_history):
+            self.calls.append(obs_history["state"][-1].copy())
+            return np.repeat(obs_history["state"][-1:], self.horizon, axis=0)
+
+    # 20 ticks re-planning every 3 actions: 7 inferences; through sync with 0.3 s per inference
+    # the robot also holds 3 ticks per chunk: 4.
+    counts = []
+    for extra in ({}, {"executor": "sync", "latency_s": 0.3}):
+        policy = StayPut()
+        evaluate(task, policy=policy, episodes=1, seed=4, n_videos=0, out=tmp_path / "p", **extra)
+        counts.append(len(policy.calls))
+    assert counts == [7, 4]
+    capsys.readouterr()
+    for bad, words in ((["executor=async", "policy=expert"], "checkpoint=PATH"),
+                       ([f"checkpoint={run}", "latency_s=0.3"], "latency_s= needs executor="),
+                       ([f"checkpoint={run}", "executor=fast"], "executor 'fast'"),
+                       ([f"checkpoint={run}", "executor=sync", "latency_s=-1"], "latency_s=-1")):
+        code, _, err = run_cli(["eval", "task=push_block", "episodes=1", *bad], capsys)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_checkpoint_with_other_features_names_the_key(tmp_path, capsys):

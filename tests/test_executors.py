@@ -13,7 +13,8 @@ import pytest
 
 from robodiff.control.executors import (AsyncExecutor, BackgroundInference, ChunkResult,
                                         EnsembleExecutor, Guide, ProcessInference, RTCExecutor,
-                                        SyncExecutor, infer, make_executor, timestamp_chunk)
+                                        SimulatedLatency, SyncExecutor, infer, make_executor,
+                                        timestamp_chunk)
 from robodiff.control.history import ObservationHistory
 from robodiff.errors import ConfigError, UserError
 
@@ -58,33 +59,21 @@ class GuidedStampPolicy(StampPolicy):
         return chunk
 
 
-class FakeBackend:
-    """Background inference on the fake clock: a result appears `latency` after submit."""
+class FakeBackend(SimulatedLatency):
+    """`SimulatedLatency` on a clock the test sets (`now`), recording submit times."""
 
     def __init__(self, policy: StampPolicy, latency: float):
-        self.policy, self.latency = policy, latency
         self.now = 0.0
-        self.pending: tuple[float, ChunkResult] | None = None
+        super().__init__(policy, latency, now=lambda: self.now)
         self.submits: list[float] = []
         self.closed = False
 
-    @property
-    def busy(self) -> bool:
-        return self.pending is not None
-
     def submit(self, obs: dict[str, np.ndarray], t_obs: float, guide: Guide | None = None) -> None:
-        assert self.pending is None
         self.submits.append(self.now)
-        chunk = infer(self.policy, obs, guide)
-        self.pending = (self.now + self.latency, ChunkResult(chunk, t_obs, self.latency))
-
-    def poll(self) -> ChunkResult | None:
-        if self.pending is not None and self.now >= self.pending[0] - 1e-9:
-            result, self.pending = self.pending[1], None
-            return result
-        return None
+        super().submit(obs, t_obs, guide)
 
     def close(self) -> None:
+        super().close()
         self.closed = True
 
 

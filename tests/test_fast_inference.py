@@ -29,9 +29,9 @@ FP32_ATOL = 1e-3
 # bf16 weights: ~3 significant digits per layer; 2 % of the action range after 10 steps.
 BF16_ATOL = 0.2
 
-def policy_for(name: str = "diffusion_unet", prediction_type: str = "epsilon"):
+def policy_for(name: str = "diffusion_unet", prediction_type: str = "epsilon", max_prefix_steps: int = 0):
     cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-    cfg["horizon"], cfg["n_action_steps"] = 8, 4
+    cfg["horizon"], cfg["n_action_steps"], cfg["max_prefix_steps"] = 8, 4, max_prefix_steps
     cfg["encoder"].update(backbone="small_cnn", crop_shape=[28, 28], num_keypoints=8)
     if name == "diffusion_unet":
         cfg["denoiser"].update(down_dims=[32, 64, 128], diffusion_step_embed_dim=32)
@@ -132,9 +132,120 @@ def test_guided_sampling_keeps_the_frozen_actions_and_conditions_the_rest_on_the
     np.testing.assert_allclose(chunk[n:], np.tile(frozen[:1], (8 - n, 1)), atol=1e-4)
 
 
+def test_prefix_conditioned_training_gives_the_prefix_clean_and_does_not_score_it():
+    # Predicting the sample makes the loss's target the clean chunk, which the test knows.
+    policy = policy_for(prediction_type="sample", max_prefix_steps=3).train()
+    n, horizon = policy.n_obs_steps, policy.horizon
+    seen = {}
+
+    def keep(module, args, output):
+        seen["input"] = args[0]
+        output.retain_grad()
+        seen["output"] = output
+
+    policy.denoiser.register_forward_hook(keep)
+    g = torch.Generator().manual_seed(5)
+    batch = {**obs(64), "action": torch.rand(64, horizon, 2, generator=g) * torch.tensor([10.0, 10.0])
+             + torch.tensor([10.0, -5.0])}
+    torch.manual_seed(6)
+    loss = policy.compute_loss(batch)
+    loss.backward()
+    x, out = seen["input"], seen["output"]
+    assert x.shape == (64, horizon, 3)  # the actions and the prefix flag
+    mask = x[..., 2:]
+    lengths = mask[:, :, 0].sum(1)
+    # The prefix starts one step after the newest observation and is 0..3 long, every length drawn.
+    assert set(lengths.int().tolist()) == {0, 1, 2, 3}
+    assert torch.all(mask[:, :n] == 0)
+    assert torch.all(mask[:, n:].diff(dim=1) <= 0)  # contiguous from entry n_obs_steps
+    clean = policy.normalizer.normalize_key("action", batch["action"])
+    inside = mask[..., 0] == 1
+    torch.testing.assert_close(x[..., :2][inside], clean[inside])
+    assert not torch.allclose(x[..., :2][~inside], clean[~inside], atol=1e-2)  # the rest is noised
+    # Only the entries the policy must produce are scored, each action value equally.
+    assert torch.all(out.grad[inside] == 0) and torch.all(out.grad[~inside].abs().sum(-1) > 0)
+    torch.testing.assert_close(loss, (out[~inside] - clean[~inside]).pow(2).mean())
+
+
+def test_prefix_conditioned_sampler_keeps_the_prefix_and_matches_the_straightforward_path():
+    policy = policy_for(max_prefix_steps=3)
+    fast = FastSampler(policy, precision="fp32", threads=None)
+    history = {"cam": np.zeros((2, 32, 32, 3), np.uint8), "state": np.full((2, 3), 0.5)}
+    batch = policy.obs_history_to_batch(history)
+    noise = policy.sample_noise(1, torch.Generator().manual_seed(3))
+    frozen = np.array([[11.0, 4.0], [12.0, 3.0], [13.0, 2.0]])
+    target, mask = fast.guide(frozen, np.array([1.0, 1.0, 0.5]))
+    got = fast(batch, noise=noise, guide=(target, mask))[0]
+    n = policy.n_obs_steps
+    # The prefix is the entries of weight 1: the partial one means nothing to a trained prefix.
+    np.testing.assert_allclose(got[n:n + 2].numpy(), frozen[:2], atol=1e-4)
+    assert np.abs(got[n + 2].numpy() - frozen[2]).max() > 1e-2
+    hard = (mask >= 1).float()
+    expected = policy.predict_action(batch, noise=noise, prefix=(target, hard))[0]
+    torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
+    # Without a prefix it is an ordinary chunk, the same on both paths.
+    torch.testing.assert_close(fast(batch, noise=noise)[0], policy.predict_action(batch, noise=noise)[0],
+                               atol=FP32_ATOL, rtol=0)
+    assert np.abs(fast(batch, noise=noise)[0][n + 2:].numpy() - got[n + 2:].numpy()).max() > 1e-3
+    # A prefix longer than the trained one is cut to it.
+    longer = np.array([[11.0, 4.0], [12.0, 3.0], [13.0, 2.0], [14.0, 1.0]])
+    cut = fast(batch, noise=noise, guide=fast.guide(longer))[0]
+    torch.testing.assert_close(cut, fast(batch, noise=noise, guide=fast.guide(longer[:3]))[0])
+
+
+def test_prefix_settings_are_checked():
+    with pytest.raises(ConfigError, match="policy.max_prefix_steps=8 must be in 0..horizon - n_obs_steps = 6"):
+        policy_for(max_prefix_steps=8)
+    for bad in (None, 2.5, True):
+        with pytest.raises(ConfigError, match="must be an integer"):
+            policy_for(max_prefix_steps=bad)
+    with pytest.raises(ConfigError, match="max_prefix_steps > 0"):
+        policy_for().predict_action(obs(1), prefix=(torch.zeros(1, 8, 2), torch.zeros(1, 8, 1)))
+
+
+def weight_casts_per_call(fast: FastSampler, batch: dict[str, torch.Tensor], noise: torch.Tensor) -> int:
+    """How many times one call copies a weight of the sampler's modules to another dtype."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    modules = [fast.policy] + ([fast.packed] if fast.packed is not None else [])
+    weights = {p.data_ptr() for m in modules for p in m.parameters()}
+    casts = []
+
+    class CountCasts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            # Autocast's casts reach a mode as `to(dtype)` (or `_to_copy` below composite ops).
+            if func in (torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default) \
+                    and args[0].data_ptr() in weights:
+                target = args[1] if func is torch.ops.aten.to.dtype else (kwargs or {}).get("dtype")
+                if target is not None and target != args[0].dtype:
+                    casts.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    with CountCasts():
+        fast(batch, noise=noise)
+    return len(casts)
+
+
+def test_low_precision_sampler_casts_no_weight_during_a_call():
+    policy = policy_for()
+    fast = FastSampler(policy, precision="bf16", threads=None)
+    assert weight_casts_per_call(fast, obs(1), policy.sample_noise(1, torch.Generator().manual_seed(2))) == 0
+    # The policy it was built from keeps its fp32 weights.
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graphs_match_the_eager_sampler_for_guided_and_unguided_calls_in_turn():
+def test_cuda_low_precision_sampler_casts_no_weight_during_a_call():
     policy = policy_for().to("cuda")
+    fast = FastSampler(policy, precision="bf16", threads=None, cuda_graph=False)
+    batch = {k: v.to("cuda") for k, v in obs(1).items()}
+    assert weight_casts_per_call(fast, batch, policy.sample_noise(1, torch.Generator("cuda").manual_seed(2))) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("max_prefix_steps", [0, 3])
+def test_cuda_graphs_match_the_eager_sampler_for_guided_and_unguided_calls_in_turn(max_prefix_steps):
+    policy = policy_for(max_prefix_steps=max_prefix_steps).to("cuda")
     graphed = FastSampler(policy, precision="fp32", threads=None, cuda_graph=True)
     eager = FastSampler(policy, precision="fp32", threads=None, cuda_graph=False)
     batch = obs(1)

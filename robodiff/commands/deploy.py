@@ -14,7 +14,7 @@ import numpy as np
 
 from robodiff.config import compose, require, to_dict, validate
 from robodiff.control.clock import Clock
-from robodiff.control.executors import EXECUTORS, make_executor, resolve_n_action_steps
+from robodiff.control.executors import check_executor, make_executor, resolve_n_action_steps
 from robodiff.control.history import ObservationHistory
 from robodiff.control.runner import Runner
 from robodiff.control.safety import EStop, SafeRobot, SafetyFilter, resolve_limits
@@ -271,30 +271,11 @@ def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> An
     """The checkpoint's policy with torch seeded: picklable, for the inference process."""
     import torch
 
-    from robodiff.policy.diffusion import DiffusionPolicy
-    from robodiff.policy.fast_inference import FastSampler
+    from robodiff.policy.fast_inference import for_deployment
     from robodiff.train.checkpoint import load_policy
 
     torch.manual_seed(seed)
-    policy = load_policy(checkpoint, device=device, ema=ema)
-    if isinstance(policy, DiffusionPolicy) and policy.inference_scheduler_name == "ddim":
-        # The fast sampler gives the eager path's actions within the tolerance its tests state;
-        # threads stay as the caller set them (the inference process sets its own).
-        return FastSampler(policy, device=device, threads=None)
-    return policy
-
-
-def require_guided_checkpoint(checkpoint: str) -> None:
-    """`executor=rtc` needs guided sampling: a diffusion policy sampled with DDIM (the fast sampler)."""
-    from robodiff.policy.diffusion import inference_scheduler_name
-    from robodiff.policy.factory import samples_with_ddim
-    from robodiff.train.checkpoint import read_policy_meta
-
-    policy_cfg = read_policy_meta(checkpoint).get("policy", {})
-    if not samples_with_ddim(policy_cfg):
-        raise ConfigError(f"executor=rtc needs a diffusion policy sampled with DDIM; checkpoint "
-                          f"{checkpoint} has policy '{policy_cfg.get('name')}' with inference_scheduler "
-                          f"'{inference_scheduler_name(policy_cfg)}' (use executor=async)")
+    return for_deployment(load_policy(checkpoint, device=device, ema=ema), device)
 
 
 def _list(value: Any) -> Any:
@@ -309,15 +290,14 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     cfg = validate(compose("deploy", overrides), DeployConfig)
     checkpoint = str(require(cfg, "checkpoint", "deploy"))
     robot_name = str(require(cfg, "robot", "deploy"))
-    if cfg.executor not in EXECUTORS:
-        raise ConfigError(f"executor '{cfg.executor}' is not one of {', '.join(EXECUTORS)}")
+    check_executor(cfg.executor)
     if cfg.episodes < 1:  # before the slow imports below
         raise UserError(f"episodes={cfg.episodes}: need at least 1")
     if not Path(checkpoint).exists():  # before the slow imports below
         raise UserError(f"{checkpoint}: no such checkpoint or run directory")
     import torch
 
-    from robodiff.train.checkpoint import read_chunk_spec
+    from robodiff.train.checkpoint import read_chunk_spec, require_guided_checkpoint
 
     torch.set_num_threads(_torch_threads(cfg))
     make_policy = None

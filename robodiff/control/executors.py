@@ -45,6 +45,11 @@ from robodiff.errors import ConfigError, UserError, one_line
 from robodiff.policy.base import Policy
 
 EXECUTORS = ("sync", "async", "rtc", "ensemble")
+
+
+def check_executor(name: str) -> None:
+    if name not in EXECUTORS:
+        raise ConfigError(f"executor '{name}' is not one of {', '.join(EXECUTORS)}")
 INFERENCE_NICE = 10
 
 
@@ -199,6 +204,42 @@ class BackgroundInference:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=timeout_s)
+
+
+class SimulatedLatency:
+    """Background inference on a simulated clock `now`: each chunk is computed at once, on the
+    caller's thread, and handed out `latency_s` later by that clock. With it the executors run
+    on a simulation's own clock, deterministically, as if every inference took exactly
+    `latency_s` (`robodiff eval executor=E latency_s=L`)."""
+
+    def __init__(self, policy: Policy, latency_s: float, now: Callable[[], float]):
+        self.policy, self.latency_s, self.clock = policy, float(latency_s), now
+        self._pending: tuple[float, ChunkResult] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def submit(self, obs_history: dict[str, np.ndarray], t_obs: float,
+               guide: Guide | None = None) -> None:
+        if self._pending is not None:
+            raise RuntimeError("an inference is already in flight")
+        chunk = infer(self.policy, obs_history, guide)
+        self._pending = (self.clock() + self.latency_s, ChunkResult(chunk, t_obs, self.latency_s))
+
+    def poll(self) -> ChunkResult | None:
+        # The tolerance absorbs float steps of the clock (k * dt against t + latency).
+        if self._pending is not None and self.clock() >= self._pending[0] - 1e-9:
+            result, self._pending = self._pending[1], None
+            return result
+        return None
+
+    def discard(self) -> None:
+        """Drop the inference in flight (its simulated clock does not move while `drain` waits)."""
+        self._pending = None
+
+    def close(self) -> None:
+        self.discard()
 
 
 def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
@@ -392,6 +433,9 @@ WARM_UP_TIMEOUT_S = 300.0
 
 def drain(backend: BackgroundInference, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     """Wait out an inference in flight and discard its result, so it never plays later."""
+    if isinstance(backend, SimulatedLatency):
+        backend.discard()
+        return
     deadline = time.monotonic() + timeout_s
     while backend.busy and time.monotonic() < deadline:
         if backend.poll() is None:
@@ -582,13 +626,17 @@ class EnsembleExecutor(BackgroundExecutor):
 
 def make_executor(name: str, policy: Policy, dt: float, n_action_steps: int | None = None,
                   inference_delay_s: float = 0.0, now: Callable[[], float] = time.monotonic,
-                  make_policy: Callable[[], Policy] | None = None, torch_threads: int = 1) -> Executor:
-    """`make_policy` (picklable) runs background inference in its own process, else a thread."""
+                  make_policy: Callable[[], Policy] | None = None, torch_threads: int = 1,
+                  sleep: Callable[[float], None] = time.sleep, simulated: bool = False) -> Executor:
+    """`make_policy` (picklable) runs background inference in its own process, else a thread.
+    `simulated`: on the clock `now` (and `sleep`, for sync) of a simulation, every inference
+    taking `inference_delay_s` of it and nothing else (`SimulatedLatency`)."""
+    check_executor(name)
+    if simulated and make_policy is not None:
+        raise ValueError("a simulated clock runs inference on the caller's thread, not in a process")
     if name == "sync":
-        return SyncExecutor(policy, dt, n_action_steps, delay_s=inference_delay_s, now=now)
+        return SyncExecutor(policy, dt, n_action_steps, delay_s=inference_delay_s, now=now, sleep=sleep)
     classes = {"async": AsyncExecutor, "rtc": RTCExecutor, "ensemble": EnsembleExecutor}
-    if name not in classes:
-        raise ConfigError(f"executor '{name}' is not one of {', '.join(EXECUTORS)}")
     resolve_n_action_steps(policy, n_action_steps)  # a config error before a process starts
     guided = name == "rtc"
     if make_policy is not None:
@@ -596,6 +644,7 @@ def make_executor(name: str, policy: Policy, dt: float, n_action_steps: int | No
     else:
         if guided:
             require_guided(policy)
-        backend = BackgroundInference(policy, delay_s=inference_delay_s, now=now)
+        backend = (SimulatedLatency(policy, inference_delay_s, now) if simulated
+                   else BackgroundInference(policy, delay_s=inference_delay_s, now=now))
     cls = classes[name]
     return cls(policy, dt, backend, n_action_steps)

@@ -14,15 +14,16 @@ from robodiff.models.unet1d import SinusoidalPosEmb
 
 
 class TransformerDenoiser(nn.Module):
-    """(B, T, A) noisy actions, (B,) timesteps, (B, To, F) obs features -> (B, T, A)."""
+    """(B, T, in_dim) noisy actions (and any per-step inputs), (B,) timesteps, (B, To, F) obs
+    features -> (B, T, A). `in_dim` defaults to `action_dim`."""
 
     def __init__(self, action_dim: int, obs_dim: int, horizon: int, n_obs_steps: int, n_layer: int = 8,
                  n_head: int = 4, n_emb: int = 256, p_drop_emb: float = 0.0, p_drop_attn: float = 0.3,
-                 causal_attn: bool = True):
+                 causal_attn: bool = True, in_dim: int | None = None):
         super().__init__()
         if n_emb % n_head != 0:
             raise ConfigError(f"policy.denoiser.n_emb={n_emb} must be divisible by policy.denoiser.n_head={n_head}")
-        self.input_emb = nn.Linear(action_dim, n_emb)
+        self.input_emb = nn.Linear(in_dim or action_dim, n_emb)
         self.pos_emb = nn.Parameter(torch.zeros(1, horizon, n_emb))
         self.time_emb = SinusoidalPosEmb(n_emb)
         self.cond_obs_emb = nn.Linear(obs_dim, n_emb)

@@ -59,11 +59,12 @@ class ConditionalResidualBlock1D(nn.Module):
 
 
 class ConditionalUnet1D(nn.Module):
-    """(B, T, A) noisy actions, (B,) timesteps, (B, To, F) obs features -> (B, T, A)."""
+    """(B, T, in_dim) noisy actions (and any per-step inputs), (B,) timesteps, (B, To, F) obs
+    features -> (B, T, A). `in_dim` defaults to `action_dim`."""
 
     def __init__(self, action_dim: int, global_cond_dim: int, horizon: int,
                  down_dims: list[int] = (256, 512, 1024), kernel_size: int = 5, n_groups: int = 8,
-                 diffusion_step_embed_dim: int = 256):
+                 diffusion_step_embed_dim: int = 256, in_dim: int | None = None):
         super().__init__()
         down_dims = [int(d) for d in down_dims]
         factor = 2 ** (len(down_dims) - 1)
@@ -77,7 +78,7 @@ class ConditionalUnet1D(nn.Module):
         self.diffusion_step_encoder = nn.Sequential(SinusoidalPosEmb(dsed), nn.Linear(dsed, dsed * 4), nn.Mish(),
                                                     nn.Linear(dsed * 4, dsed))
         cond_dim = dsed + global_cond_dim
-        all_dims = [action_dim] + down_dims
+        all_dims = [in_dim or action_dim] + down_dims
         in_out = list(zip(all_dims[:-1], all_dims[1:]))
 
         def block(i: int, o: int) -> ConditionalResidualBlock1D:

@@ -26,17 +26,18 @@ INFERENCE_SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
 PREDICTION_TYPES = ("epsilon", "sample")
 
 
-def build_denoiser(cfg: dict[str, Any], action_dim: int, obs_dim: int, horizon: int, n_obs_steps: int) -> nn.Module:
+def build_denoiser(cfg: dict[str, Any], action_dim: int, obs_dim: int, horizon: int, n_obs_steps: int,
+                   in_dim: int | None = None) -> nn.Module:
     kind = cfg.get("type", "unet")
     if kind == "unet":
         return ConditionalUnet1D(action_dim, obs_dim * n_obs_steps, horizon, down_dims=list(cfg["down_dims"]),
                                  kernel_size=int(cfg["kernel_size"]), n_groups=int(cfg["n_groups"]),
-                                 diffusion_step_embed_dim=int(cfg["diffusion_step_embed_dim"]))
+                                 diffusion_step_embed_dim=int(cfg["diffusion_step_embed_dim"]), in_dim=in_dim)
     if kind == "transformer":
         return TransformerDenoiser(action_dim, obs_dim, horizon, n_obs_steps, n_layer=int(cfg["n_layer"]),
                                    n_head=int(cfg["n_head"]), n_emb=int(cfg["n_emb"]),
                                    p_drop_emb=float(cfg["p_drop_emb"]), p_drop_attn=float(cfg["p_drop_attn"]),
-                                   causal_attn=bool(cfg["causal_attn"]))
+                                   causal_attn=bool(cfg["causal_attn"]), in_dim=in_dim)
     raise ConfigError(f"policy.denoiser.type '{kind}' is not one of unet, transformer")
 
 
@@ -104,10 +105,23 @@ def inference_scheduler_name(policy_cfg: dict[str, Any]) -> str:
 
 
 class DiffusionPolicy(ChunkPolicy):
+    """With `max_prefix_steps` > 0 the policy is trained for real-time chunking: each training
+    chunk gives the denoiser, clean, the first 0..max_prefix_steps actions after the newest
+    observation (drawn per sample), flagged by one more input channel, and the loss covers the
+    rest. At deployment that prefix is the actions the robot plays while the chunk is computed,
+    so the chunk continues them (`prefix`; see FastSampler.guide)."""
+
     def __init__(self, policy_cfg: dict[str, Any], features: Features, stats: dict[str, dict] | None):
         super().__init__(policy_cfg, features, stats)
+        self.max_prefix_steps = policy_cfg.get("max_prefix_steps", 0)
+        if isinstance(self.max_prefix_steps, bool) or not isinstance(self.max_prefix_steps, int):
+            raise ConfigError(f"policy.max_prefix_steps={self.max_prefix_steps!r} must be an integer")
+        if not 0 <= self.max_prefix_steps <= self.horizon - self.n_obs_steps:
+            raise ConfigError(f"policy.max_prefix_steps={self.max_prefix_steps} must be in 0..horizon - n_obs_steps "
+                              f"= {self.horizon - self.n_obs_steps}")
         self.denoiser = build_denoiser(dict(policy_cfg["denoiser"]), self.action_dim, self.obs_dim,
-                                       self.horizon, self.n_obs_steps)
+                                       self.horizon, self.n_obs_steps,
+                                       in_dim=self.action_dim + int(self.prefix_conditioned))
         sched = dict(policy_cfg["noise_scheduler"])
         self.prediction_type = sched.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -135,6 +149,42 @@ class DiffusionPolicy(ChunkPolicy):
             self.inference_scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++",
                                                                    thresholding=clip, sample_max_value=1.0)
 
+    @property
+    def prefix_conditioned(self) -> bool:
+        return self.max_prefix_steps > 0
+
+    def prefix_from_guide(self, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix a guide (normalized target, (B, horizon, 1) weights) gives this policy: the
+        entries of weight 1 from `n_obs_steps` on, at most `max_prefix_steps` of them (what
+        training draws; partial weights mean nothing to it, and entries further on play before
+        the chunk is back, so they are dropped on arrival anyway)."""
+        j = torch.arange(self.horizon, device=weights.device) - self.n_obs_steps
+        window = ((j >= 0) & (j < self.max_prefix_steps)).to(weights.dtype)[None, :, None]
+        return target, (weights >= 1.0).to(weights.dtype) * window
+
+    @staticmethod
+    def apply_prefix(x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        target, mask = prefix
+        return x + mask * (target - x)
+
+    def denoiser_input(self, x: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """What the denoiser reads for chunk `x`: as is, or for a prefix-conditioned policy with
+        the prefix (normalized target, (B, horizon, 1) 0/1 mask) set in clean and the mask as one
+        more channel."""
+        if not self.prefix_conditioned:
+            return x
+        if prefix is None:
+            return torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], dim=-1)
+        return torch.cat([self.apply_prefix(x, prefix), prefix[1]], dim=-1)
+
+    def random_prefix_mask(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(B, horizon, 1): ones on entries n_obs_steps .. n_obs_steps + k - 1, k uniform in
+        0..max_prefix_steps per sample (entry n_obs_steps is the action one period after the
+        newest observation, the first a real-time executor can still be playing from its old plan)."""
+        k = torch.randint(0, self.max_prefix_steps + 1, (batch_size, 1), device=device)
+        j = torch.arange(self.horizon, device=device)[None] - self.n_obs_steps
+        return ((j >= 0) & (j < k)).float()[..., None]
+
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cond = self.encode_obs(batch)
         trajectory = self.normalizer.normalize_key(self.action_key, batch[self.action_key].to(cond.device))
@@ -143,9 +193,13 @@ class DiffusionPolicy(ChunkPolicy):
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (trajectory.shape[0],),
                           device=trajectory.device)
         noisy = self.noise_scheduler.add_noise(trajectory, noise, t)
-        pred = self.denoiser(noisy, t, cond)
         target = noise if self.prediction_type == "epsilon" else trajectory
-        return F.mse_loss(pred, target)
+        if not self.prefix_conditioned:
+            return F.mse_loss(self.denoiser(noisy, t, cond), target)
+        mask = self.random_prefix_mask(trajectory.shape[0], trajectory.device)
+        pred = self.denoiser(self.denoiser_input(noisy, (trajectory, mask)), t, cond)
+        free = 1.0 - mask  # the prefix is given, not predicted
+        return ((pred - target).pow(2) * free).sum() / (free.sum() * self.action_dim)
 
     def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Initial noise (B, horizon, A), drawn on the generator's device so seeded runs repeat anywhere."""
@@ -155,14 +209,23 @@ class DiffusionPolicy(ChunkPolicy):
 
     @torch.no_grad()
     def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-                       noise: torch.Tensor | None = None) -> torch.Tensor:
-        """The straightforward sampler: diffusers' scheduler.step in the loop, fp32. Robot units."""
+                       noise: torch.Tensor | None = None,
+                       prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The straightforward sampler: diffusers' scheduler.step in the loop, fp32. Robot units.
+        `prefix`: a guide (normalized target, weights) read as `prefix_from_guide` does
+        (prefix-conditioned policies only)."""
+        if prefix is not None and not self.prefix_conditioned:
+            raise ConfigError("a prefix needs a policy trained with policy.max_prefix_steps > 0")
         cond = self.encode_obs(obs)
         trajectory = noise.to(cond.device) if noise is not None else self.sample_noise(cond.shape[0], generator)
+        if prefix is not None:
+            prefix = self.prefix_from_guide(prefix[0].to(cond.device), prefix[1].to(cond.device))
         scheduler = self.inference_scheduler
         scheduler.set_timesteps(self.num_inference_steps)
         for t in scheduler.timesteps:
-            out = self.denoiser(trajectory, t.to(cond.device), cond)
+            out = self.denoiser(self.denoiser_input(trajectory, prefix), t.to(cond.device), cond)
             trajectory = scheduler.step(out, t, trajectory, generator=generator).prev_sample
+        if prefix is not None:
+            trajectory = self.apply_prefix(trajectory, prefix)
         return self.normalizer.unnormalize(self.action_key, trajectory).reshape(
             trajectory.shape[0], self.horizon, *self.features[self.action_key].shape)

@@ -10,6 +10,8 @@ What the straightforward path (`DiffusionPolicy.predict_action`) pays for and th
   one matmul on packed weights (unfold + linear; the transposed convolution too), in bf16 when
   asked (AMX on recent Xeons halves the weight traffic, which is what batch-1 inference is bound
   by), and the image trunk runs channels_last;
+- autocast casting frozen fp32 weights again at every use: convolution weights are stored in
+  the inference dtype once, when the sampler is built;
 - on CUDA: the whole call (normalize, encode, every DDIM step, unnormalize) is one CUDA graph
   replayed on static buffers, optionally under bf16/fp16 autocast, with pinned host buffers, and
   optionally (`compile=True`) the denoiser compiled first so the graph holds fewer kernels.
@@ -33,6 +35,18 @@ from robodiff.models.unet1d import ConditionalResidualBlock1D, Conv1dBlock, Cond
 from robodiff.policy.diffusion import DiffusionPolicy
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d)
+
+
+def precast_convolutions(module: nn.Module, dtype: torch.dtype) -> None:
+    """Store every convolution's weights in `dtype`. Autocast keeps the low-precision copy of a
+    weight only while it requires grad, so frozen fp32 weights are cast again at every use: for
+    the default UNet, a weight and a bias cast per convolution, about 70 kernels per denoising
+    step. Norm layers stay fp32 (autocast runs them in fp32); run the module only under autocast
+    to `dtype` afterwards."""
+    for m in module.modules():
+        if isinstance(m, CONVOLUTIONS):
+            m.to(dtype)
 
 
 def ddim_coefficients(policy: DiffusionPolicy) -> tuple[list[int], torch.Tensor]:
@@ -185,12 +199,18 @@ class FastSampler:
         self.first_level = (a_first ** 0.5, (1 - a_first) ** 0.5)
         self.clip = bool(self.policy.inference_scheduler.config.clip_sample)
         self.clip_range = float(self.policy.inference_scheduler.config.clip_sample_range)
+        # Guides are built on the host: normalizing there spares a device round trip per call.
+        self.host_normalizer = copy.deepcopy(self.policy.normalizer).cpu()
         unet = self.policy.denoiser if isinstance(self.policy.denoiser, ConditionalUnet1D) else None
         self.packed = None
         if self.device.type == "cpu":
             self.policy.obs_encoder.to(memory_format=torch.channels_last)
             if unet is not None:
                 self.packed = PackedUnet1D(unet, self.dtype).eval()
+        if self.dtype != torch.float32:
+            precast_convolutions(self.policy.obs_encoder, self.dtype)
+            if unet is not None and self.packed is None:
+                precast_convolutions(unet, self.dtype)
         # On CUDA a graph still pays a few microseconds per kernel, and the UNet is hundreds of small
         # kernels per step: torch.compile fuses the norm/activation/FiLM chains between the convs.
         denoise = unet.denoise if unet is not None else self.policy.denoiser
@@ -229,11 +249,17 @@ class FastSampler:
 
     def _sample(self, obs: dict[str, torch.Tensor], noise: torch.Tensor,
                 guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """`guide` = (target, mask), (B, horizon, A) normalized and (B, horizon, 1) in [0, 1]:
-        inpainting. Before every denoising step the masked entries are set to the target noised
-        to that step's level with the call's own noise, so the model denoises the rest of the
-        chunk consistently with them; the last step (noise level 0) returns them as given."""
+        """`guide` = (target, mask), (B, horizon, A) normalized and (B, horizon, 1) in [0, 1].
+        A prefix-conditioned policy takes it as its trained prefix (`prefix_from_guide`). Any
+        other policy is guided by inpainting: before every denoising step the masked entries are
+        set to the target noised to that step's level with the call's own noise, so the model
+        denoises the rest of the chunk consistently with them; the last step (noise level 0)
+        returns them as given."""
         policy, b, k = self.policy, noise.shape[0], len(self.coef)
+        prefix = None
+        if policy.prefix_conditioned and guide is not None:
+            prefix = policy.prefix_from_guide(*guide)
+            guide = None
         with self._autocast():
             cond = policy.encode_obs(obs).float()
         denoiser = policy.denoiser
@@ -245,16 +271,17 @@ class FastSampler:
             target, mask = guide
             x = x + mask * (self.first_level[0] * target + self.first_level[1] * noise - x)
         for i, (c_x, c_o, d_x, d_o, p_0, p_e) in enumerate(self.coef):
+            x_in = policy.denoiser_input(x, prefix)
             if isinstance(denoiser, ConditionalUnet1D):
                 film = [(s[i * b:(i + 1) * b], o[i * b:(i + 1) * b]) for s, o in all_film]
                 if self.packed is not None:
-                    out = self.packed(x, film)
+                    out = self.packed(x_in, film)
                 else:
                     with self._autocast():
-                        out = self._denoise(x, film).float()
+                        out = self._denoise(x_in, film).float()
             else:
                 with self._autocast():
-                    out = self._denoise(x, self.timesteps[i], cond).float()
+                    out = self._denoise(x_in, self.timesteps[i], cond).float()
             x0 = c_x * x + c_o * out
             if self.clip:
                 x0 = x0.clamp(-self.clip_range, self.clip_range)
@@ -262,6 +289,8 @@ class FastSampler:
             x = p_0 * x0 + p_e * eps
             if guide is not None:
                 x = x + mask * (p_0 * target + p_e * noise - x)
+        if prefix is not None:
+            x = policy.apply_prefix(x, prefix)
         actions = policy.normalizer.unnormalize(policy.action_key, x)
         return actions.reshape(b, self.horizon, *self.action_shape)
 
@@ -333,9 +362,9 @@ class FastSampler:
         k = min(len(frozen) if frozen.size else 0, self.horizon - policy.n_obs_steps)
         if k > 0:
             start = policy.n_obs_steps
-            values = torch.as_tensor(frozen[:k]).reshape(k, *self.action_shape).to(self.device)
-            target[0, start:start + k] = policy.normalizer.normalize_key(policy.action_key, values).reshape(
-                k, self.action_dim).cpu()
+            values = torch.as_tensor(frozen[:k]).reshape(k, *self.action_shape)
+            target[0, start:start + k] = self.host_normalizer.normalize_key(policy.action_key, values).reshape(
+                k, self.action_dim)
             if weights is not None and len(weights) != len(frozen):
                 raise ValueError(f"guide: {len(weights)} weights for {len(frozen)} actions")
             w = np.ones(k, np.float32) if weights is None else np.clip(np.asarray(weights, np.float32)[:k], 0, 1)
@@ -349,3 +378,12 @@ class FastSampler:
         plan (weights falling to 0) into its own continuation."""
         batch = self.policy.obs_history_to_batch(obs_history)
         return self(batch, guide=self.guide(frozen, weights))[0].float().cpu().numpy()
+
+
+def for_deployment(policy: Any, device: str | torch.device | None = None) -> Any:
+    """What runs a checkpoint on a robot: the fast sampler for a diffusion policy sampled with
+    DDIM (the eager path's actions within the tolerance its tests state; torch threads stay as
+    the caller set them), any other policy as it is."""
+    if isinstance(policy, DiffusionPolicy) and policy.inference_scheduler_name == "ddim":
+        return FastSampler(policy, device=device, threads=None)
+    return policy

@@ -3,6 +3,11 @@
 Episode i is reset with seed `seed + i`, and every source of randomness in it (reset distribution,
 expert route, random actions, diffusion noise) is seeded from that number alone, so a result does
 not depend on how episodes are spread over worker processes: n_envs=K gives the rows of n_envs=1.
+
+A learned policy is run either as in training evaluation (re-plan every n_action_steps, inference
+taking no time), or (`executor=`) through a deployment executor on the episode's own clock, every
+inference taking `latency_s` of it (`ExecutorController`): how a policy copes with a slow
+computer, measured without a real-time loop and repeatable to the episode.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 import multiprocessing as mp
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +95,74 @@ class RecedingHorizonController:
         return self._queue.pop(0)
 
 
+class SimulatedClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class ExecutorController:
+    """A deployment executor (`sync`, `async`, `rtc`, `ensemble`) on the episode's clock: tick i
+    at i * dt, each inference taking `latency_s` of that clock (`SimulatedLatency`), as `robodiff
+    deploy executor=E inference_delay_s=L` runs it on the wall clock when inference itself is
+    instant. A tick without an action holds the last one (at first, where the robot is:
+    `state`'s first entries, the HAL's convention). A sync inference blocks the loop: the robot
+    holds, its action goes out when the inference ends, at the nearest tick (deploy sends it
+    then and its clock realigns to the grid), and observations meanwhile are never seen."""
+
+    def __init__(self, policy: Any, executor: str, latency_s: float, dt: float):
+        self.policy, self.executor_name, self.latency_s, self.dt = policy, executor, float(latency_s), float(dt)
+        self.history = ObservationHistory(policy.n_obs_steps, keys=list(policy.obs_keys))
+        self.action_dim = int(np.prod(policy.features[policy.action_key].shape))
+        self.executor: Any = None
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        import torch
+
+        from robodiff.control.executors import make_executor
+
+        torch.manual_seed(seed)
+        self.policy.reset()
+        self.history.reset()
+        # A new executor each episode, latency estimate included: an episode depends on its seed
+        # alone, whichever worker ran which episodes before it.
+        if self.executor is not None:
+            self.executor.close()
+        self.clock = SimulatedClock()
+        self.executor = make_executor(self.executor_name, self.policy, self.dt, inference_delay_s=self.latency_s,
+                                      now=self.clock.now, sleep=self.clock.sleep, simulated=True)
+        self.tick = 0
+        self.blocked: deque[np.ndarray] = deque()
+        self.last: np.ndarray | None = None
+
+    def act(self, obs: dict[str, Any], env: Any) -> np.ndarray:
+        from robodiff.control.runner import current_position
+
+        if self.blocked:
+            self.last = self.blocked.popleft()
+            return self.last
+        if self.last is None:
+            self.last = current_position(obs, self.action_dim).astype(np.float32)
+        now = self.tick * self.dt
+        self.clock.t = now
+        self.history.push(obs)
+        action = self.executor.act(now, self.history, now)
+        planned = self.last if action is None else np.asarray(action, dtype=np.float32)
+        waited = math.floor((self.clock.t - now) / self.dt + 0.5)  # ticks a sync inference took
+        self.tick += 1 + waited
+        if waited:
+            self.blocked.extend([self.last] * (waited - 1) + [planned])
+            return self.last
+        self.last = planned
+        return planned
+
+
 def action_bounds(task: Any, env: Any) -> tuple[np.ndarray, np.ndarray]:
     """The action box: the robot's `action_limits`, or a gym env's `action_space`."""
     from robodiff.hal.base import action_limits_of
@@ -137,6 +211,8 @@ class EvalSpec:
     n_videos: int
     video_size: int
     threads: int | None = None
+    executor: str | None = None
+    latency_s: float = 0.0
 
 
 class EpisodeRunner:
@@ -160,8 +236,13 @@ class EpisodeRunner:
         needs_images = policy is not None and any(
             self.task.features[k].kind == "image" for k in policy.obs_keys if k in self.task.features)
         self.env = make_env(self.task, render=needs_images)
-        if policy is not None:
-            self.controller: Any = RecedingHorizonController(policy)
+        if policy is not None and spec.executor is not None:
+            from robodiff.policy.fast_inference import for_deployment
+
+            self.controller: Any = ExecutorController(for_deployment(policy), spec.executor, spec.latency_s,
+                                                      1.0 / float(self.task.fps))
+        elif policy is not None:
+            self.controller = RecedingHorizonController(policy)
         elif spec.policy_name == "expert":
             self.controller = ExpertController(self.task)
         else:
@@ -268,9 +349,11 @@ def default_out(task_name: str, label: str) -> Path:
 def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None = None,
              policy_name: str | None = None, episodes: int = 50, seed: int = 0, n_envs: int = 1,
              out: str | os.PathLike | None = None, n_videos: int = 3, device: str = "cpu",
-             video_size: int = 256) -> dict[str, Any]:
+             video_size: int = 256, executor: str | None = None, latency_s: float = 0.0) -> dict[str, Any]:
     """Run `episodes` seeded episodes of one controller (exactly one of policy / checkpoint /
-    policy_name="expert"|"random") and write episodes.jsonl, summary.json, eval.png and videos."""
+    policy_name="expert"|"random") and write episodes.jsonl, summary.json, eval.png and videos.
+    `executor`: run a learned policy through that deployment executor, inference taking
+    `latency_s` of the episode's clock (`ExecutorController`)."""
     from robodiff.sim.tasks import load_task
 
     chosen = [x for x in (policy, checkpoint, policy_name) if x is not None]
@@ -284,7 +367,24 @@ def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None
         raise UserError(f"episodes={episodes}: need at least 1")
     if n_envs < 1:
         raise UserError(f"n_envs={n_envs}: need at least 1")
+    if executor is not None:
+        from robodiff.control.executors import check_executor
+
+        check_executor(executor)
+        if policy_name is not None:
+            raise UserError(f"executor={executor} runs a learned policy: give checkpoint=PATH, not policy={policy_name}")
+    if latency_s < 0 or not math.isfinite(latency_s):
+        raise UserError(f"latency_s={latency_s}: need a finite number >= 0")
+    if latency_s > 0 and executor is None:
+        raise UserError("latency_s= needs executor=sync|async|rtc|ensemble (plain evaluation infers in no time)")
+    if executor == "rtc" and checkpoint is not None:
+        from robodiff.train.checkpoint import require_guided_checkpoint
+
+        require_guided_checkpoint(str(checkpoint))
     spec_task = load_task(task) if isinstance(task, (str, os.PathLike)) else task
+    if executor is not None and "state" not in spec_task.features:
+        raise UserError(f"executor= holds the robot where its 'state' says it is; task '{spec_task.name}' "
+                        f"observes no 'state'")
     if checkpoint is not None:
         check_checkpoint_features(checkpoint, spec_task)
     elif policy is not None:
@@ -296,7 +396,8 @@ def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None
     spec = EvalSpec(task=task if isinstance(task, (str, os.PathLike)) else spec_task,
                     policy_name=policy_name, checkpoint=None if checkpoint is None else str(checkpoint),
                     policy=policy, device=device, out=str(out_dir), n_videos=n_videos,
-                    video_size=video_size, threads=max(1, (os.cpu_count() or 1) // n_envs) if n_envs > 1 else None)
+                    video_size=video_size, threads=max(1, (os.cpu_count() or 1) // n_envs) if n_envs > 1 else None,
+                    executor=executor, latency_s=float(latency_s))
     jobs = [(i, seed + i) for i in range(episodes)]
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -321,6 +422,8 @@ def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None
         "mean_length": float(np.mean([r["length"] for r in rows])),
         "seed": seed,
         "n_envs": n_envs,
+        "executor": executor,
+        "latency_s": latency_s,
         "seconds": round(time.perf_counter() - started, 2),
         "out": str(out_dir),
         "videos": [r["video"] for r in rows if "video" in r],

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robodiff.errors import UserError
+from robodiff.errors import ConfigError, UserError
 from robodiff.features import features_from_dict
 from robodiff.policy.base import ChunkSpec
 
@@ -238,3 +238,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def require_guided_checkpoint(checkpoint: str | os.PathLike) -> None:
+    """`executor=rtc` needs guided sampling: a diffusion policy sampled with DDIM (the fast sampler)."""
+    from robodiff.policy.diffusion import inference_scheduler_name
+    from robodiff.policy.factory import samples_with_ddim
+
+    policy_cfg = read_policy_meta(checkpoint).get("policy", {})
+    if not samples_with_ddim(policy_cfg):
+        raise ConfigError(f"executor=rtc needs a diffusion policy sampled with DDIM; checkpoint "
+                          f"{checkpoint} has policy '{policy_cfg.get('name')}' with inference_scheduler "
+                          f"'{inference_scheduler_name(policy_cfg)}' (use executor=async)")
