@@ -386,6 +386,40 @@ def test_a_slow_first_inference_is_paid_before_the_first_episode_starts(executor
     assert stats["score"] is not None and stats["stop_reason"] == "episode done"
 
 
+def test_an_estop_during_a_slow_warm_up_stops_before_anything_is_sent():
+    robot, outcome = build_robot("push_block", seed=6)
+    sent: list[float] = []
+    original = robot._send_action
+    robot._send_action = lambda action: sent.append(time.monotonic()) or original(action)
+    disconnected = threading.Event()
+    original_disconnect = robot._disconnect
+    robot._disconnect = lambda: (disconnected.set(), original_disconnect())
+    policy = GoToPolicy(TARGET, hang_on_call=1)  # the warm-up inference never returns by itself
+    estop = EStop()
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            deploy(policy, robot, _cfg(executor="async"), "push_block", outcome=outcome, progress=False,
+                   estop=estop)
+        except UserError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert policy.hanging.wait(10.0)
+        estop.trigger("test")
+        # The robot is let go while the inference still hangs, not after the 300 s warm-up timeout.
+        stopped = disconnected.wait(3.0)
+    finally:
+        policy.release.set()
+        worker.join(10.0)
+    assert stopped and not worker.is_alive()
+    assert len(errors) == 1 and "e-stop (test) during the policy's warm-up" in str(errors[0])
+    assert sent == []
+
+
 def test_episodes_is_checked_in_one_line():
     robot, _ = build_robot("sim_pusher", seed=0)  # hardware: nothing to reset between episodes
     with pytest.raises(UserError, match="episodes=2.*not a simulated task"):

@@ -294,6 +294,26 @@ def test_checkpoint_through_a_deployment_executor_with_latency(tmp_path, capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_bench_latency_plots_success_against_latency_per_executor(tmp_path, capsys):
+    run = save_small_diffusion_checkpoint(tmp_path / "run")
+    code, result, err = run_cli(["bench", "latency", f"checkpoint={run}", "episodes=1", "n_envs=1",
+                                 "latencies=[0.3,0]", "executors=[async,sync]", f"out={tmp_path / 'b'}",
+                                 "--json"], capsys)
+    assert code == 0, err
+    assert result["task"] == "push_block"  # from the checkpoint
+    assert [(r["executor"], r["latency_s"]) for r in result["rows"]] == [
+        ("async", 0.0), ("async", 0.3), ("sync", 0.0), ("sync", 0.3)]
+    assert all(0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1 for r in result["rows"])
+    assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "b" / "latency.json").read_text())["rows"] == result["rows"]
+    assert len(read_rows(tmp_path / "b" / "sync_0.3s")) == 1
+    for bad, words in ((["executors=[fast]"], "executor 'fast'"), (["latencies=[-1]"], "latencies"),
+                       ([], "checkpoint=")):
+        args = [f"checkpoint={run}", *bad] if bad else []
+        code, _, err = run_cli(["bench", "latency", *args], capsys)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_checkpoint_with_other_features_names_the_key(tmp_path, capsys):
     run = save_small_diffusion_checkpoint(tmp_path / "run", state_dim=3)
     code, _, err = run_cli(["eval", "task=push_block", f"checkpoint={run}", "episodes=1", "n_videos=0",

@@ -1,4 +1,4 @@
-"""`robodiff bench data|train|inference [key=value ...] [--json]`."""
+"""`robodiff bench data|train|inference|sim|latency [key=value ...] [--json]`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 from robodiff.errors import UserError
 
 HELP = """
-usage: robodiff bench data|train|inference|sim [key=value ...] [--json]
+usage: robodiff bench data|train|inference|sim|latency [key=value ...] [--json]
 
   data       windows per second through the DataLoader (image and low-dim stores) vs a plain
              per-window zarr read
@@ -16,12 +16,14 @@ usage: robodiff bench data|train|inference|sim [key=value ...] [--json]
   inference  p50/p99 latency of predict_action_chunk at batch 1 (CPU, and CUDA when present)
              vs a straightforward eager implementation
   sim        simulated control steps per second, with and without 96x96 rendering, per task
+  latency    a checkpoint's success against inference latency, per executor, on the simulated
+             clock (checkpoint=RUN; writes a plot)
 
 Each writes its figures to stdout; `--json` prints them as one JSON object on the last line.
 Keys: see `robodiff/conf/bench_<name>.yaml`.
 """
 
-BENCHES = ("data", "train", "inference", "sim")
+BENCHES = ("data", "train", "inference", "sim", "latency")
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:

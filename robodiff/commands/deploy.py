@@ -209,7 +209,10 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
         with robot:
             warm = ObservationHistory(policy.n_obs_steps, keys=list(policy.obs_keys))
             warm.push(robot.get_observation())
-            executor.warm_up(warm.stacked())
+            executor.warm_up(warm.stacked(), stop=estop.is_set)
+            if estop.is_set():
+                raise UserError(f"e-stop ({estop.reason}) during the policy's warm-up: nothing was sent "
+                                f"to the robot")
             if outcome is not None:
                 # The robot held while the policy warmed up: start the first episode afresh.
                 outcome.reset(outcome.seed)

@@ -377,9 +377,10 @@ class Executor:
     def close(self) -> None:
         """Release background resources."""
 
-    def warm_up(self, obs_history: dict[str, np.ndarray]) -> None:
+    def warm_up(self, obs_history: dict[str, np.ndarray], stop: Callable[[], bool] | None = None) -> None:
         """One inference whose result is discarded, before the robot moves: first calls pay for
-        allocations, autotuning and CUDA graph capture."""
+        allocations, autotuning and CUDA graph capture. A background executor stops waiting for
+        it when `stop()` turns true (an e-stop); one inferring on this thread cannot."""
         infer(self.policy, obs_history, None)
 
     def reset(self) -> None:
@@ -431,13 +432,17 @@ DRAIN_TIMEOUT_S = 60.0
 WARM_UP_TIMEOUT_S = 300.0
 
 
-def drain(backend: BackgroundInference, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-    """Wait out an inference in flight and discard its result, so it never plays later."""
+def drain(backend: BackgroundInference, timeout_s: float = DRAIN_TIMEOUT_S,
+          stop: Callable[[], bool] | None = None) -> None:
+    """Wait out an inference in flight and discard its result, so it never plays later; give up
+    waiting (the inference left in flight) as soon as `stop()` is true."""
     if isinstance(backend, SimulatedLatency):
         backend.discard()
         return
     deadline = time.monotonic() + timeout_s
     while backend.busy and time.monotonic() < deadline:
+        if stop is not None and stop():
+            return
         if backend.poll() is None:
             time.sleep(0.005)
     if backend.busy:
@@ -461,9 +466,9 @@ class BackgroundExecutor(Executor):
         drain(self.backend)
         self._forget()
 
-    def warm_up(self, obs_history: dict[str, np.ndarray]) -> None:
+    def warm_up(self, obs_history: dict[str, np.ndarray], stop: Callable[[], bool] | None = None) -> None:
         self.backend.submit(obs_history, 0.0, guide=Guide.empty() if self.guided else None)
-        drain(self.backend, WARM_UP_TIMEOUT_S)
+        drain(self.backend, WARM_UP_TIMEOUT_S, stop)
 
     def _forget(self) -> None:
         """Drop every planned action."""

@@ -1,0 +1,94 @@
+"""Success against inference latency: every (executor, latency) pair is one seeded evaluation on
+the simulated clock (`evaluate(executor=E, latency_s=L)`), the same episodes for every pair, so
+the curves differ only by what the latency does. Writes latency.png (success with its 95 %
+interval against latency, one line per executor), latency.json, and each pair's eval folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from robodiff.config import compose, require, validate
+from robodiff.errors import ConfigError
+
+
+@dataclass
+class BenchLatencyConfig:
+    checkpoint: str | None = None
+    task: str | None = None
+    executors: list[str] = field(default_factory=lambda: ["async", "sync"])
+    latencies: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.2, 0.33])
+    episodes: int = 50
+    seed: int = 100000
+    n_envs: int = 2
+    out: str | None = None
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for executor in dict.fromkeys(r["executor"] for r in rows):
+        mine = [r for r in rows if r["executor"] == executor]
+        x = [r["latency_s"] for r in mine]
+        ax.plot(x, [r["success_rate"] for r in mine], marker="o", label=executor)
+        ax.fill_between(x, [r["ci95"][0] for r in mine], [r["ci95"][1] for r in mine], alpha=0.15)
+    ax.set_xlabel("inference latency (s, simulated clock)")
+    ax.set_ylabel("success rate (95 % interval)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
+    from robodiff.control.executors import check_executor
+    from robodiff.sim.evaluate import evaluate
+    from robodiff.train.checkpoint import read_policy_meta
+
+    cfg = validate(compose("bench_latency", overrides), BenchLatencyConfig)
+    checkpoint = str(require(cfg, "checkpoint", "bench latency"))
+    for executor in cfg.executors:
+        check_executor(executor)
+    latencies = sorted(float(x) for x in cfg.latencies)
+    if not latencies or any(x < 0 or not math.isfinite(x) for x in latencies):
+        raise ConfigError(f"bench_latency.latencies={list(cfg.latencies)}: need finite seconds >= 0")
+    task = cfg.task or read_policy_meta(checkpoint).get("task")
+    if not task:
+        raise ConfigError(f"checkpoint {checkpoint} names no task: give task=T")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.out) if cfg.out else Path("runs") / "bench" / f"latency_{Path(checkpoint).name}_{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = []
+    for executor in cfg.executors:
+        for latency in latencies:
+            summary = evaluate(task, checkpoint=checkpoint, episodes=cfg.episodes, seed=cfg.seed,
+                               n_envs=cfg.n_envs, out=out / f"{executor}_{latency:g}s", n_videos=0,
+                               executor=executor, latency_s=latency)
+            row = {"executor": executor, "latency_s": latency, "success_rate": summary["success_rate"],
+                   "mean_score": round(summary["mean_score"], 4), "ci95": [round(v, 4) for v in summary["ci95"]]}
+            rows.append(row)
+            print(f"{executor:8s} {latency:5.2f} s: success {row['success_rate']:.2f} "
+                  f"({row['ci95'][0]:.2f}-{row['ci95'][1]:.2f}), mean score {row['mean_score']:.3f}",
+                  file=sys.stderr)
+    plot(rows, out / "latency.png", f"{task} / {checkpoint}: {cfg.episodes} episodes per point")
+    result = {"bench": "latency", "checkpoint": checkpoint, "task": str(task), "episodes": cfg.episodes,
+              "seed": cfg.seed, "rows": rows, "plot": str(out / "latency.png"), "out": str(out),
+              "seconds": round(time.perf_counter() - started, 1)}
+    (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['executor']} at {row['latency_s']:g} s: success {row['success_rate']:.2f}")
+    print(f"plot: {out / 'latency.png'}")
+    return result
