@@ -308,6 +308,7 @@ def test_bench_latency_plots_success_against_latency_per_executor(tmp_path, caps
     assert json.loads((tmp_path / "b" / "latency.json").read_text())["rows"] == result["rows"]
     assert len(read_rows(tmp_path / "b" / "sync_0.3s")) == 1
     for bad, words in ((["executors=[fast]"], "executor 'fast'"), (["latencies=[-1]"], "latencies"),
+                       (["executors=[]"], "executors is empty"), (["latencies=[]"], "latencies"),
                        ([], "checkpoint=")):
         args = [f"checkpoint={run}", *bad] if bad else []
         code, _, err = run_cli(["bench", "latency", *args], capsys)

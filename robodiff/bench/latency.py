@@ -59,6 +59,8 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
 
     cfg = validate(compose("bench_latency", overrides), BenchLatencyConfig)
     checkpoint = str(require(cfg, "checkpoint", "bench latency"))
+    if not cfg.executors:
+        raise ConfigError("bench_latency.executors is empty: name at least one of sync, async, rtc, ensemble")
     for executor in cfg.executors:
         check_executor(executor)
     latencies = sorted(float(x) for x in cfg.latencies)
