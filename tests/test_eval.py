@@ -99,10 +99,12 @@ def drive(controller: ExecutorController, ticks: int) -> list[float]:
 
 def test_sync_on_the_episode_clock_holds_the_robot_through_each_inference():
     policy = ChunkRecorder()
-    played = drive(ExecutorController(policy, "sync", latency_s=0.25, dt=0.1), 12)
     # Each inference blocks the loop for 3 ticks (0.25 s): the robot holds (first where it is),
     # then the chunk plays from its first action; the observations of blocked ticks are never seen.
+    controller = ExecutorController(policy, "sync", latency_s=0.25, dt=0.1)
+    played = drive(controller, 12)
     assert played == [1000, 1000, 1000, 1, 2, 3, 3, 3, 3, 101, 102, 103]
+    assert controller.counters() == {"inferences": 2, "dropped_actions": 0, "stalls": 2}
     assert [c.tolist() for c in policy.calls] == [[1000, 1000], [1005, 1006]]
     # The action goes out when the inference ends, at the nearest tick: 0.04 s costs no tick
     # (deploy sends it within the period), 0.17 s two.
@@ -112,10 +114,14 @@ def test_sync_on_the_episode_clock_holds_the_robot_through_each_inference():
 
 def test_async_on_the_episode_clock_drops_the_actions_that_passed_while_it_inferred():
     policy = ChunkRecorder()
-    played = drive(ExecutorController(policy, "async", latency_s=0.25, dt=0.1), 10)
+    first = ExecutorController(policy, "async", latency_s=0.25, dt=0.1)
+    played = drive(first, 10)
     # Chunk k (from the observation of tick t_k) arrives 3 ticks later; its actions for ticks
     # already past are dropped, so it plays from its 4th; with nothing due the robot holds.
     assert played == [1000, 1000, 1000, 4, 5, 5, 104, 105, 105, 204]
+    # Three chunks arrived, 3 actions of each dropped; ticks 5 and 8 held with nothing due
+    # (the holds before the first chunk are not stalls, as in deploy).
+    assert first.counters() == {"inferences": 3, "dropped_actions": 9, "stalls": 2}
     assert [c.tolist() for c in policy.calls] == [[1000, 1000], [1002, 1003], [1005, 1006], [1008, 1009]]
     # Every episode starts afresh: the plan and the inference in flight at the end of one
     # (launched at tick 9) never play in the next, which holds until its own first chunk.
@@ -266,6 +272,8 @@ def test_checkpoint_through_a_deployment_executor_with_latency(tmp_path, capsys)
     common = dict(checkpoint=run, episodes=1, seed=4, n_videos=0)
     rtc = evaluate(task, out=tmp_path / "rtc", executor="rtc", latency_s=0.3, **common)
     assert rtc["executor"] == "rtc" and rtc["latency_s"] == 0.3 and rtc["mean_length"] == 20
+    row = read_rows(tmp_path / "rtc")[0]
+    assert row["inferences"] == rtc["inferences"] > 0 and row["dropped_actions"] == rtc["dropped_actions"] > 0
     evaluate(task, out=tmp_path / "a", executor="async", latency_s=0.3, **common)
     evaluate(task, out=tmp_path / "b", executor="async", latency_s=0.3, **common)
     assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")  # repeatable to the episode

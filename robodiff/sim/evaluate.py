@@ -33,6 +33,8 @@ from robodiff.data.video import write_video
 from robodiff.errors import UserError
 
 POLICY_NAMES = ("expert", "random")
+# What an executor counts per episode (`ExecutorController.counters`), summed in the summary.
+COUNTERS = ("inferences", "dropped_actions", "stalls")
 Z_95 = 1.959963984540054
 
 
@@ -140,6 +142,12 @@ class ExecutorController:
         self.tick = 0
         self.blocked: deque[np.ndarray] = deque()
         self.last: np.ndarray | None = None
+
+    def counters(self) -> dict[str, int]:
+        """This episode's inferences, actions dropped because their time had passed, and ticks
+        the robot held for want of an action (as deploy counts them)."""
+        stats = self.executor.stats()
+        return {k: int(stats[k]) for k in COUNTERS}
 
     def act(self, obs: dict[str, Any], env: Any) -> np.ndarray:
         from robodiff.control.runner import current_position
@@ -263,6 +271,8 @@ class EpisodeRunner:
                 frames.append(self.env.render_frame(self.spec.video_size))
         row: dict[str, Any] = {"episode": index, "seed": seed, "success": success,
                                "score": best if length else 0.0, "length": length}
+        if isinstance(self.controller, ExecutorController):
+            row.update(self.controller.counters())
         if record:
             path = Path(self.spec.out) / "videos" / f"episode_{index:03d}_seed{seed}.mp4"
             write_video(path, np.stack(frames), fps=float(self.task.fps))
@@ -424,6 +434,7 @@ def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None
         "n_envs": n_envs,
         "executor": executor,
         "latency_s": latency_s,
+        **({k: sum(r[k] for r in rows) for k in COUNTERS} if executor is not None else {}),
         "seconds": round(time.perf_counter() - started, 2),
         "out": str(out_dir),
         "videos": [r["video"] for r in rows if "video" in r],
