@@ -321,6 +321,17 @@ def test_bench_latency_plots_success_against_latency_per_executor(tmp_path, caps
         args = [f"checkpoint={run}", *bad] if bad else []
         code, _, err = run_cli(["bench", "latency", *args], capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    # rtc on a checkpoint that cannot be guided is refused before the other executors' episodes.
+    from robodiff.train.checkpoint import resolve_checkpoint
+
+    meta_path = resolve_checkpoint(run) / "policy.json"
+    meta = json.loads(meta_path.read_text())
+    meta["policy"]["noise_scheduler"]["inference_scheduler"] = "ddpm"
+    meta_path.write_text(json.dumps(meta))
+    code, _, err = run_cli(["bench", "latency", f"checkpoint={run}", "executors=[async,rtc]",
+                            f"out={tmp_path / 'ddpm'}"], capsys)
+    assert code == 2 and "executor=rtc needs" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ddpm").exists()
 
 
 def test_checkpoint_with_other_features_names_the_key(tmp_path, capsys):

@@ -11,10 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from robodiff.control.executors import (AsyncExecutor, BackgroundInference, ChunkResult,
-                                        EnsembleExecutor, Guide, ProcessInference, RTCExecutor,
-                                        SimulatedLatency, SyncExecutor, infer, make_executor,
-                                        timestamp_chunk)
+from robodiff.control.executors import (AsyncExecutor, BackgroundInference, EnsembleExecutor, Guide,
+                                        ProcessInference, RTCExecutor, SimulatedLatency, SyncExecutor,
+                                        make_executor, timestamp_chunk)
 from robodiff.control.history import ObservationHistory
 from robodiff.errors import ConfigError, UserError
 

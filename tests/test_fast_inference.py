@@ -180,8 +180,7 @@ def test_prefix_conditioned_sampler_keeps_the_prefix_and_matches_the_straightfor
     # The prefix is the entries of weight 1: the partial one means nothing to a trained prefix.
     np.testing.assert_allclose(got[n:n + 2].numpy(), frozen[:2], atol=1e-4)
     assert np.abs(got[n + 2].numpy() - frozen[2]).max() > 1e-2
-    hard = (mask >= 1).float()
-    expected = policy.predict_action(batch, noise=noise, prefix=(target, hard))[0]
+    expected = policy.predict_action(batch, noise=noise, guide=(target, mask))[0]
     torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
     # Without a prefix it is an ordinary chunk, the same on both paths.
     torch.testing.assert_close(fast(batch, noise=noise)[0], policy.predict_action(batch, noise=noise)[0],
@@ -200,7 +199,7 @@ def test_prefix_settings_are_checked():
         with pytest.raises(ConfigError, match="must be an integer"):
             policy_for(max_prefix_steps=bad)
     with pytest.raises(ConfigError, match="max_prefix_steps > 0"):
-        policy_for().predict_action(obs(1), prefix=(torch.zeros(1, 8, 2), torch.zeros(1, 8, 1)))
+        policy_for().predict_action(obs(1), guide=(torch.zeros(1, 8, 2), torch.zeros(1, 8, 1)))
 
 
 def weight_casts_per_call(fast: FastSampler, batch: dict[str, torch.Tensor], noise: torch.Tensor) -> int:

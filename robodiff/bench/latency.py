@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +51,25 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
-    from robodiff.control.executors import check_executor
-    from robodiff.sim.evaluate import evaluate
-    from robodiff.train.checkpoint import read_policy_meta
+    from robodiff.control.executors import EXECUTORS, check_executor
+    from robodiff.sim.evaluate import default_out, evaluate
+    from robodiff.train.checkpoint import read_policy_meta, require_guided_checkpoint
 
     cfg = validate(compose("bench_latency", overrides), BenchLatencyConfig)
     checkpoint = str(require(cfg, "checkpoint", "bench latency"))
     if not cfg.executors:
-        raise ConfigError("bench_latency.executors is empty: name at least one of sync, async, rtc, ensemble")
+        raise ConfigError(f"bench_latency.executors is empty: name at least one of {', '.join(EXECUTORS)}")
     for executor in cfg.executors:
         check_executor(executor)
+        if executor == "rtc":  # before hours of the other executors' episodes, not after
+            require_guided_checkpoint(checkpoint)
     latencies = sorted(float(x) for x in cfg.latencies)
     if not latencies or any(x < 0 or not math.isfinite(x) for x in latencies):
         raise ConfigError(f"bench_latency.latencies={list(cfg.latencies)}: need finite seconds >= 0")
     task = cfg.task or read_policy_meta(checkpoint).get("task")
     if not task:
         raise ConfigError(f"checkpoint {checkpoint} names no task: give task=T")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = Path(cfg.out) if cfg.out else Path("runs") / "bench" / f"latency_{Path(checkpoint).name}_{stamp}"
+    out = Path(cfg.out) if cfg.out else default_out("bench", f"latency_{Path(checkpoint).name}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows = []
@@ -82,15 +81,12 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
             row = {"executor": executor, "latency_s": latency, "success_rate": summary["success_rate"],
                    "mean_score": round(summary["mean_score"], 4), "ci95": [round(v, 4) for v in summary["ci95"]]}
             rows.append(row)
-            print(f"{executor:8s} {latency:5.2f} s: success {row['success_rate']:.2f} "
-                  f"({row['ci95'][0]:.2f}-{row['ci95'][1]:.2f}), mean score {row['mean_score']:.3f}",
-                  file=sys.stderr)
+            print(f"{executor} at {latency:g} s: success {row['success_rate']:.2f} "
+                  f"({row['ci95'][0]:.2f}-{row['ci95'][1]:.2f}), mean score {row['mean_score']:.3f}")
     plot(rows, out / "latency.png", f"{task} / {checkpoint}: {cfg.episodes} episodes per point")
     result = {"bench": "latency", "checkpoint": checkpoint, "task": str(task), "episodes": cfg.episodes,
               "seed": cfg.seed, "rows": rows, "plot": str(out / "latency.png"), "out": str(out),
               "seconds": round(time.perf_counter() - started, 1)}
     (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    for row in rows:
-        print(f"{row['executor']} at {row['latency_s']:g} s: success {row['success_rate']:.2f}")
     print(f"plot: {out / 'latency.png'}")
     return result

@@ -207,19 +207,15 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
     recorded: list[int] = []
     try:
         with robot:
-            warm = ObservationHistory(policy.n_obs_steps, keys=list(policy.obs_keys))
-            warm.push(robot.get_observation())
-            executor.warm_up(warm.stacked(), stop=estop.is_set)
+            history = ObservationHistory(policy.n_obs_steps, keys=list(policy.obs_keys))
+            history.push(robot.get_observation())
+            executor.warm_up(history.stacked(), stop=estop.is_set)
             if estop.is_set():
                 raise UserError(f"e-stop ({estop.reason}) during the policy's warm-up: nothing was sent "
                                 f"to the robot")
-            if outcome is not None:
-                # The robot held while the policy warmed up: start the first episode afresh.
-                outcome.reset(outcome.seed)
             safe = SafeRobot(robot, safety_filter, watchdog_s, estop)
             # One runner, clock and executor for the whole run: loop statistics are run totals.
-            runner = Runner(safe, executor, Clock(dt), ObservationHistory(policy.n_obs_steps,
-                            keys=list(policy.obs_keys)), estop, recorder=recorder,
+            runner = Runner(safe, executor, Clock(dt), history, estop, recorder=recorder,
                             outcome=outcome, progress=progress,
                             realtime=bool(cfg.realtime_priority) and cfg.executor != "sync")
             for i in range(episodes):
@@ -227,6 +223,8 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, robot_name: str =
                     if estop.is_set():
                         break
                     executor.reset()
+                if outcome is not None:
+                    # Every episode from its seed, the first too: the robot held through the warm-up.
                     outcome.reset(_episode_seed(outcome, i))
                 policy.reset()
                 steps_before = runner.steps
@@ -301,17 +299,19 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     import torch
 
     from robodiff.train.checkpoint import read_chunk_spec, require_guided_checkpoint
+    from robodiff.train.distributed import pick_device
 
+    device = str(pick_device(cfg.device))  # a bad device is a one-line error, not a torch traceback
     torch.set_num_threads(_torch_threads(cfg))
     make_policy = None
     if cfg.executor == "sync":
-        policy: Any = load_seeded_policy(checkpoint, cfg.device, cfg.ema, cfg.seed)
+        policy: Any = load_seeded_policy(checkpoint, device, cfg.ema, cfg.seed)
     else:
         # The network lives in the inference process only; this one plans with its interface.
         policy = read_chunk_spec(checkpoint)
         if cfg.executor == "rtc":
             require_guided_checkpoint(checkpoint)  # before the inference process loads it
-        make_policy = functools.partial(load_seeded_policy, checkpoint, cfg.device, cfg.ema, cfg.seed)
+        make_policy = functools.partial(load_seeded_policy, checkpoint, device, cfg.ema, cfg.seed)
     robot, outcome = build_robot(robot_name, cfg.seed)
     check_features(policy, robot, checkpoint, robot_name)
     stats = deploy(policy, robot, cfg, robot_name=robot_name, outcome=outcome, make_policy=make_policy)

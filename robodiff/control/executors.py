@@ -45,12 +45,12 @@ from robodiff.errors import ConfigError, UserError, one_line
 from robodiff.policy.base import Policy
 
 EXECUTORS = ("sync", "async", "rtc", "ensemble")
+INFERENCE_NICE = 10
 
 
 def check_executor(name: str) -> None:
     if name not in EXECUTORS:
         raise ConfigError(f"executor '{name}' is not one of {', '.join(EXECUTORS)}")
-INFERENCE_NICE = 10
 
 
 @runtime_checkable
@@ -210,7 +210,9 @@ class SimulatedLatency:
     """Background inference on a simulated clock `now`: each chunk is computed at once, on the
     caller's thread, and handed out `latency_s` later by that clock. With it the executors run
     on a simulation's own clock, deterministically, as if every inference took exactly
-    `latency_s` (`robodiff eval executor=E latency_s=L`)."""
+    `latency_s` (`robodiff eval executor=E latency_s=L`). Build a new executor on it for each
+    episode rather than `reset` one: `drain` waits on the wall clock, and this clock stands
+    still meanwhile."""
 
     def __init__(self, policy: Policy, latency_s: float, now: Callable[[], float]):
         self.policy, self.latency_s, self.clock = policy, float(latency_s), now
@@ -234,12 +236,8 @@ class SimulatedLatency:
             return result
         return None
 
-    def discard(self) -> None:
-        """Drop the inference in flight (its simulated clock does not move while `drain` waits)."""
-        self._pending = None
-
     def close(self) -> None:
-        self.discard()
+        self._pending = None
 
 
 def _serve(conn: Connection, make_policy: Callable[[], Policy], delay_s: float,
@@ -411,7 +409,7 @@ class SyncExecutor(Executor):
     def act(self, now: float, history: ObservationHistory, t_obs: float) -> np.ndarray | None:
         if not self.queue:
             start = self.now()
-            chunk = np.asarray(self.policy.predict_action_chunk(history.stacked()))
+            chunk = infer(self.policy, history.stacked(), None)
             if self.delay_s > 0:
                 self.sleep(self.delay_s)
             latency = self.now() - start
@@ -436,9 +434,6 @@ def drain(backend: BackgroundInference, timeout_s: float = DRAIN_TIMEOUT_S,
           stop: Callable[[], bool] | None = None) -> None:
     """Wait out an inference in flight and discard its result, so it never plays later; give up
     waiting (the inference left in flight) as soon as `stop()` is true."""
-    if isinstance(backend, SimulatedLatency):
-        backend.discard()
-        return
     deadline = time.monotonic() + timeout_s
     while backend.busy and time.monotonic() < deadline:
         if stop is not None and stop():
@@ -643,13 +638,12 @@ def make_executor(name: str, policy: Policy, dt: float, n_action_steps: int | No
         return SyncExecutor(policy, dt, n_action_steps, delay_s=inference_delay_s, now=now, sleep=sleep)
     classes = {"async": AsyncExecutor, "rtc": RTCExecutor, "ensemble": EnsembleExecutor}
     resolve_n_action_steps(policy, n_action_steps)  # a config error before a process starts
-    guided = name == "rtc"
+    cls = classes[name]
     if make_policy is not None:
-        backend: Any = ProcessInference(make_policy, inference_delay_s, torch_threads, guided=guided)
+        backend: Any = ProcessInference(make_policy, inference_delay_s, torch_threads, guided=cls.guided)
     else:
-        if guided:
+        if cls.guided:
             require_guided(policy)
         backend = (SimulatedLatency(policy, inference_delay_s, now) if simulated
                    else BackgroundInference(policy, delay_s=inference_delay_s, now=now))
-    cls = classes[name]
     return cls(policy, dt, backend, n_action_steps)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from robodiff.errors import ConfigError
-from robodiff.hal.base import Robot
+from robodiff.hal.base import Robot, robot_limits
 
 
 @dataclass(frozen=True)
@@ -57,27 +57,6 @@ class ActionLimits:
     @property
     def dim(self) -> int:
         return len(self.low)
-
-
-def robot_limits(robot: Robot, action_key: str = "action") -> dict[str, list[float]]:
-    """The limits a robot publishes for `action_key` (`robot.action_limits`, from its hardware
-    YAML or task); empty when it publishes none.
-
-    `action_limits` is `{action_key: (low, high)}`; a robot that also knows its largest change per
-    step may publish `{"low", "high", "max_delta"}` for its one action instead.
-    """
-    raw = robot.action_limits
-    if raw is None:
-        return {}
-    if action_key in raw:
-        low, high = raw[action_key]
-        return {"low": np.asarray(low, np.float64).reshape(-1).tolist(),
-                "high": np.asarray(high, np.float64).reshape(-1).tolist()}
-    if "low" in raw and "high" in raw:
-        return {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in raw.items()
-                if k in ("low", "high", "max_delta") and v is not None}
-    raise ConfigError(f"robot '{getattr(robot, 'name', '?')}' publishes action limits for "
-                      f"{', '.join(map(str, raw))}, not for '{action_key}'")
 
 
 def resolve_limits(robot: Robot, low: list[float] | None, high: list[float] | None,

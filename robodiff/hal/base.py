@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from robodiff.errors import UserError
+from robodiff.errors import ConfigError, UserError
 from robodiff.features import Features
 
 
@@ -156,7 +156,22 @@ class Teleop(Device):
     def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]: ...
 
 
-def action_limits_of(robot: Robot | None, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """`robot.action_limits[key]`, or None where there is no robot or it publishes none."""
-    limits = robot.action_limits if robot is not None else None
-    return None if limits is None else limits.get(key)
+def robot_limits(robot: Robot | None, action_key: str = "action") -> dict[str, list[float]]:
+    """The limits a robot publishes for `action_key` (`robot.action_limits`, from its hardware
+    YAML or task); empty when there is no robot or it publishes none.
+
+    `action_limits` is `{action_key: (low, high)}`; a robot that also knows its largest change per
+    step may publish `{"low", "high", "max_delta"}` for its one action instead.
+    """
+    raw = robot.action_limits if robot is not None else None
+    if raw is None:
+        return {}
+    if action_key in raw:
+        low, high = raw[action_key]
+        return {"low": np.asarray(low, np.float64).reshape(-1).tolist(),
+                "high": np.asarray(high, np.float64).reshape(-1).tolist()}
+    if "low" in raw and "high" in raw:
+        return {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in raw.items()
+                if k in ("low", "high", "max_delta") and v is not None}
+    raise ConfigError(f"robot '{getattr(robot, 'name', '?')}' publishes action limits for "
+                      f"{', '.join(map(str, raw))}, not for '{action_key}'")

@@ -19,7 +19,7 @@ import numpy as np
 
 from robodiff.errors import UserError
 from robodiff.features import Feature, Features
-from robodiff.hal.base import Teleop, action_limits_of
+from robodiff.hal.base import Teleop, robot_limits
 
 
 class ExpertTeleop(Teleop):
@@ -180,13 +180,12 @@ def _hardware_extra(name: str) -> Callable[..., Teleop]:
 
 
 def _keyboard(task: Any, env: Any) -> Teleop:
-    limits = action_limits_of(getattr(env, "robot", None), "action")  # a Robot's action key
-    low, high = (np.zeros(0, np.float32),) * 2 if limits is None else (
-        np.asarray(limits[0], np.float32), np.asarray(limits[1], np.float32))
+    limits = robot_limits(getattr(env, "robot", None))
+    low = np.asarray(limits["low"], np.float32) if limits else None
+    high = np.asarray(limits["high"], np.float32) if limits else None
     # One key press moves the target 2 % of the workspace: a few presses per block width.
-    step = float(0.02 * np.min(high[:2] - low[:2])) if low.size >= 2 else 0.01
-    return KeyboardTeleop(task.features[task.action_key], step=step,
-                          low=low if low.size else None, high=high if high.size else None)
+    step = float(0.02 * np.min(high[:2] - low[:2])) if low is not None and low.size >= 2 else 0.01
+    return KeyboardTeleop(task.features[task.action_key], step=step, low=low, high=high)
 
 
 TELEOPS: dict[str, Callable[..., Teleop]] = {

@@ -210,16 +210,17 @@ class DiffusionPolicy(ChunkPolicy):
     @torch.no_grad()
     def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                        noise: torch.Tensor | None = None,
-                       prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The straightforward sampler: diffusers' scheduler.step in the loop, fp32. Robot units.
-        `prefix`: a guide (normalized target, weights) read as `prefix_from_guide` does
-        (prefix-conditioned policies only)."""
-        if prefix is not None and not self.prefix_conditioned:
+        `guide` (normalized target, weights), prefix-conditioned policies only: the prefix that
+        `prefix_from_guide` reads from it."""
+        if guide is not None and not self.prefix_conditioned:
             raise ConfigError("a prefix needs a policy trained with policy.max_prefix_steps > 0")
         cond = self.encode_obs(obs)
         trajectory = noise.to(cond.device) if noise is not None else self.sample_noise(cond.shape[0], generator)
-        if prefix is not None:
-            prefix = self.prefix_from_guide(prefix[0].to(cond.device), prefix[1].to(cond.device))
+        prefix = None
+        if guide is not None:
+            prefix = self.prefix_from_guide(guide[0].to(cond.device), guide[1].to(cond.device))
         scheduler = self.inference_scheduler
         scheduler.set_timesteps(self.num_inference_steps)
         for t in scheduler.timesteps:

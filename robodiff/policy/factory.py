@@ -23,7 +23,7 @@ def build_policy(policy_cfg: dict[str, Any], features: Features, stats: dict[str
     name = policy_cfg.get("name")
     if name not in POLICIES:
         raise ConfigError(f"policy.name '{name}' is not one of {', '.join(POLICIES)}")
-    for key in ("horizon", "n_obs_steps", "n_action_steps", "encoder", "denoiser"):
+    for key in ("encoder", "denoiser"):  # the chunk lengths are ChunkSpec's to check
         if key not in policy_cfg:
             raise ConfigError(f"policy config has no '{key}' key")
     return POLICIES[name](policy_cfg, features, stats)

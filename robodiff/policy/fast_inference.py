@@ -49,6 +49,11 @@ def precast_convolutions(module: nn.Module, dtype: torch.dtype) -> None:
             m.to(dtype)
 
 
+def fast_sampler_fits(policy: Any) -> bool:
+    """Whether the fast sampler runs this policy: a DiffusionPolicy sampled with DDIM."""
+    return isinstance(policy, DiffusionPolicy) and policy.inference_scheduler_name == "ddim"
+
+
 def ddim_coefficients(policy: DiffusionPolicy) -> tuple[list[int], torch.Tensor]:
     """Timesteps and, per step, (c_x, c_o, d_x, d_o, p_0, p_e) such that with model output o:
     x0 = clip(c_x x + c_o o), eps = d_x x + d_o o, x_prev = p_0 x0 + p_e eps (diffusers' DDIM, eta 0)."""
@@ -174,7 +179,7 @@ class FastSampler:
 
     def __init__(self, policy: DiffusionPolicy, device: str | torch.device | None = None, precision: str = "auto",
                  threads: int | str | None = "auto", cuda_graph: bool = True, compile: bool = False):
-        if not isinstance(policy, DiffusionPolicy) or policy.inference_scheduler_name != "ddim":
+        if not fast_sampler_fits(policy):
             raise ConfigError("fast inference needs a diffusion policy with "
                               "policy.noise_scheduler.inference_scheduler=ddim")
         self.device = torch.device(device) if device is not None else policy.device
@@ -359,14 +364,14 @@ class FastSampler:
         target = torch.zeros(1, self.horizon, self.action_dim)
         mask = torch.zeros(1, self.horizon, 1)
         frozen = np.asarray(frozen, dtype=np.float32)
-        k = min(len(frozen) if frozen.size else 0, self.horizon - policy.n_obs_steps)
+        if weights is not None and len(weights) != len(frozen):
+            raise ValueError(f"guide: {len(weights)} weights for {len(frozen)} actions")
+        k = min(len(frozen), self.horizon - policy.n_obs_steps)
         if k > 0:
             start = policy.n_obs_steps
             values = torch.as_tensor(frozen[:k]).reshape(k, *self.action_shape)
             target[0, start:start + k] = self.host_normalizer.normalize_key(policy.action_key, values).reshape(
                 k, self.action_dim)
-            if weights is not None and len(weights) != len(frozen):
-                raise ValueError(f"guide: {len(weights)} weights for {len(frozen)} actions")
             w = np.ones(k, np.float32) if weights is None else np.clip(np.asarray(weights, np.float32)[:k], 0, 1)
             mask[0, start:start + k, 0] = torch.as_tensor(w)
         return target, mask
@@ -384,6 +389,6 @@ def for_deployment(policy: Any, device: str | torch.device | None = None) -> Any
     """What runs a checkpoint on a robot: the fast sampler for a diffusion policy sampled with
     DDIM (the eager path's actions within the tolerance its tests state; torch threads stay as
     the caller set them), any other policy as it is."""
-    if isinstance(policy, DiffusionPolicy) and policy.inference_scheduler_name == "ddim":
+    if fast_sampler_fits(policy):
         return FastSampler(policy, device=device, threads=None)
     return policy

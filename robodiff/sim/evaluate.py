@@ -17,7 +17,6 @@ import math
 import multiprocessing as mp
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from robodiff.control.history import ObservationHistory
+from robodiff.control.runner import current_position
 from robodiff.data.video import write_video
 from robodiff.errors import UserError
 
@@ -121,8 +121,7 @@ class ExecutorController:
         self.policy, self.executor_name, self.latency_s, self.dt = policy, executor, float(latency_s), float(dt)
         self.history = ObservationHistory(policy.n_obs_steps, keys=list(policy.obs_keys))
         self.action_dim = int(np.prod(policy.features[policy.action_key].shape))
-        self.executor: Any = None
-        self.reset(0)
+        self.executor: Any = None  # made by `reset`, before each episode
 
     def reset(self, seed: int) -> None:
         import torch
@@ -140,20 +139,23 @@ class ExecutorController:
         self.executor = make_executor(self.executor_name, self.policy, self.dt, inference_delay_s=self.latency_s,
                                       now=self.clock.now, sleep=self.clock.sleep, simulated=True)
         self.tick = 0
-        self.blocked: deque[np.ndarray] = deque()
+        # A sync inference in progress: ticks the robot still holds, then the action it sends.
+        self.waiting = 0
+        self.pending: np.ndarray | None = None
         self.last: np.ndarray | None = None
 
     def counters(self) -> dict[str, int]:
-        """This episode's inferences, actions dropped because their time had passed, and ticks
-        the robot held for want of an action (as deploy counts them)."""
+        """This episode's inferences, actions dropped because their time had passed, and stalls
+        (as deploy counts them: for sync, inferences longer than a period; for the others,
+        ticks after the first chunk with nothing to play)."""
         stats = self.executor.stats()
         return {k: int(stats[k]) for k in COUNTERS}
 
     def act(self, obs: dict[str, Any], env: Any) -> np.ndarray:
-        from robodiff.control.runner import current_position
-
-        if self.blocked:
-            self.last = self.blocked.popleft()
+        if self.waiting:
+            self.waiting -= 1
+            if not self.waiting:
+                self.last = self.pending
             return self.last
         if self.last is None:
             self.last = current_position(obs, self.action_dim).astype(np.float32)
@@ -165,7 +167,7 @@ class ExecutorController:
         waited = math.floor((self.clock.t - now) / self.dt + 0.5)  # ticks a sync inference took
         self.tick += 1 + waited
         if waited:
-            self.blocked.extend([self.last] * (waited - 1) + [planned])
+            self.waiting, self.pending = waited, planned
             return self.last
         self.last = planned
         return planned
@@ -173,11 +175,11 @@ class ExecutorController:
 
 def action_bounds(task: Any, env: Any) -> tuple[np.ndarray, np.ndarray]:
     """The action box: the robot's `action_limits`, or a gym env's `action_space`."""
-    from robodiff.hal.base import action_limits_of
+    from robodiff.hal.base import robot_limits
 
-    limits = action_limits_of(getattr(env, "robot", None), "action")  # a Robot's action key
-    if limits is not None:
-        return np.asarray(limits[0]), np.asarray(limits[1])
+    limits = robot_limits(getattr(env, "robot", None))
+    if limits:
+        return np.asarray(limits["low"]), np.asarray(limits["high"])
     space = getattr(env, "action_space", None)
     if space is not None and hasattr(space, "low"):
         return np.asarray(space.low), np.asarray(space.high)
@@ -351,9 +353,10 @@ def plot_results(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def default_out(task_name: str, label: str) -> Path:
+def default_out(folder: str, name: str) -> Path:
+    """runs/<folder>/<name>_<UTC time>: a fresh output folder per run."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "eval" / f"{task_name}_{Path(label).name}_{stamp}"
+    return Path("runs") / folder / f"{name}_{stamp}"
 
 
 def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None = None,
@@ -391,6 +394,11 @@ def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None
         from robodiff.train.checkpoint import require_guided_checkpoint
 
         require_guided_checkpoint(str(checkpoint))
+    elif executor == "rtc" and policy is not None:  # here, not in a worker that would only crash
+        from robodiff.control.executors import require_guided
+        from robodiff.policy.fast_inference import for_deployment
+
+        require_guided(for_deployment(policy))
     spec_task = load_task(task) if isinstance(task, (str, os.PathLike)) else task
     if executor is not None and "state" not in spec_task.features:
         raise UserError(f"executor= holds the robot where its 'state' says it is; task '{spec_task.name}' "
@@ -400,7 +408,7 @@ def evaluate(task: Any, policy: Any = None, checkpoint: str | os.PathLike | None
     elif policy is not None:
         check_policy_features(policy.features, list(policy.obs_keys), policy.action_key, spec_task)
     label = policy_name or (str(checkpoint) if checkpoint is not None else type(policy).__name__)
-    out_dir = Path(out) if out is not None else default_out(spec_task.name, label)
+    out_dir = Path(out) if out is not None else default_out("eval", f"{spec_task.name}_{Path(label).name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     n_envs = min(n_envs, episodes)
     spec = EvalSpec(task=task if isinstance(task, (str, os.PathLike)) else spec_task,
