@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from robodiff import __version__
 from robodiff.errors import UserError
 
 COMMANDS: dict[str, str] = {
@@ -55,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         print(main_help())
         return 0
     if argv[0] == "--version":
-        from robodiff import __version__
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]

@@ -17,7 +17,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robodiff.commands.collect import CollectConfig, collect_with
+from robodiff.commands.eval import eval_config, evaluate_with
+from robodiff.commands.train import train_with
 from robodiff.config import compose, validate
+from robodiff.data.store import EpisodeStore
 from robodiff.errors import ConfigError
 
 
@@ -38,8 +42,6 @@ def _finish_stage(partial: Path, final: Path, settings: dict[str, Any]) -> None:
 
 
 def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
-    from robodiff.sim.collect import collect
-
     final = out / "demos"
     settings = {"task": cfg.task, "demos": cfg.demos, "seed": cfg.seed}
     if _stage_done(final, settings):
@@ -49,8 +51,9 @@ def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     log(f"collecting {cfg.demos} expert demonstrations of {cfg.task}")
-    summary = collect(task=cfg.task, teleop="expert", episodes=cfg.demos, out=partial / "demos.zarr",
-                      seed=cfg.seed)
+    summary = collect_with(validate(compose("collect", [
+        f"task={cfg.task}", "teleop=expert", f"episodes={cfg.demos}", f"out={partial / 'demos.zarr'}",
+        f"seed={cfg.seed}"]), CollectConfig))
     if summary.get("interrupted"):
         # collect keeps the episodes it committed; for the quickstart an incomplete set is no result.
         raise KeyboardInterrupt
@@ -74,8 +77,6 @@ def train_overrides(cfg: DictConfig, store: Path) -> list[str]:
 
 
 def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
-    from robodiff.train.trainer import train
-
     final = out / "run"
     overrides = train_overrides(cfg, store)
     settings = {"overrides": overrides}
@@ -87,21 +88,20 @@ def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
     shutil.rmtree(partial, ignore_errors=True)
     train_cfg = compose("train", [*overrides, f"run_dir={partial}"])
     log("training: " + " ".join(overrides[1:]))
-    summary = train(train_cfg)
+    summary = train_with(train_cfg)
     (partial / "quickstart_train.json").write_text(json.dumps(summary, default=str))
     _finish_stage(partial, final, settings)
     return {**summary, "run_dir": str(final)}
 
 
 def evaluate_policy(cfg: DictConfig, out: Path, run_dir: Path) -> dict[str, Any]:
-    from robodiff.sim.evaluate import evaluate
-
     eval_dir = out / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)
     log(f"evaluating over {cfg.eval.episodes} seeded episodes")
-    return evaluate(task=cfg.task, checkpoint=str(run_dir), episodes=cfg.eval.episodes,
-                    seed=cfg.eval.seed, n_envs=cfg.eval.n_envs, out=str(eval_dir),
-                    n_videos=cfg.eval.n_videos, device=cfg.device)
+    return evaluate_with(eval_config([
+        f"task={cfg.task}", f"checkpoint={run_dir}", f"episodes={cfg.eval.episodes}",
+        f"seed={cfg.eval.seed}", f"n_envs={cfg.eval.n_envs}", f"out={eval_dir}",
+        f"n_videos={cfg.eval.n_videos}", f"device={cfg.device}"]))
 
 
 def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Path,
@@ -154,7 +154,6 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     store, _ = collect_demos(cfg, out)
-    from robodiff.data.store import EpisodeStore
 
     with EpisodeStore.open(store) as s:
         demos, demo_frames = s.n_episodes, s.n_frames

@@ -17,7 +17,8 @@ import torch
 from robodiff.errors import UserError
 from robodiff.features import Feature, features_to_dict
 from robodiff.policy.factory import build_policy
-from robodiff.train import checkpoint as ck
+from robodiff.policy import checkpoint as ck
+from robodiff.train.rng import capture_rng, restore_rng
 
 FEATURES = {"cam": Feature("image", (20, 20, 3), "uint8"), "state": Feature("lowdim", (3,)),
             "action": Feature("action", (2,))}
@@ -38,12 +39,12 @@ def save(run_dir: Path, step: int, policy: torch.nn.Module) -> Path:
     meta = {"policy": policy.policy_cfg, "features": features_to_dict(FEATURES), "task": "toy", "stats": STATS}
     ema = small_policy(seed=step + 1).state_dict()  # stands in for the EMA weights: different values
     return ck.save_checkpoint(run_dir, step, policy.state_dict(), ema, meta,
-                              {"step": step, "rng": [ck.capture_rng()]})
+                              {"step": step, "rng": [capture_rng()]})
 
 
 LOAD_AND_ACT = """
 import sys, numpy as np, torch
-from robodiff.train.checkpoint import load_policy
+from robodiff.policy.checkpoint import load_policy
 policy = load_policy(sys.argv[1], ema=False)
 obs = dict(np.load(sys.argv[2]))
 out = policy.predict_action({k: torch.as_tensor(v) for k, v in obs.items()},
@@ -134,9 +135,9 @@ def test_rng_state_round_trip():
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    state = ck.capture_rng()
+    state = capture_rng()
     draws = (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn())
-    ck.restore_rng(state)
+    restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn()) == draws
 
 

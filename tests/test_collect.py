@@ -13,7 +13,15 @@ from robodiff.errors import StoreError
 from robodiff.features import Feature
 from robodiff.hal import teleop as teleop_module
 from robodiff.hal.base import Teleop
-from robodiff.sim.collect import collect, store_features
+from robodiff.commands.collect import CollectConfig, collect_with
+from robodiff.config import compose, validate
+from robodiff.sim.tasks import load_task
+
+
+def collect(task, **kw):
+    """`robodiff collect` as the command line composes it."""
+    return collect_with(validate(compose("collect", [f"task={task}", *(f"{k}={v}" for k, v in kw.items())]),
+                                 CollectConfig))
 
 
 def run_cli(argv, capsys):
@@ -28,14 +36,14 @@ class ScriptedTeleop(Teleop):
 
     name = "scripted"
 
-    def __init__(self, task, env, interrupt_at: tuple[int, int] | None = None):
+    def __init__(self, robot, action_key, interrupt_at: tuple[int, int] | None = None):
         super().__init__()
-        self.task, self.requested, self.interrupt_at = task, [], interrupt_at
+        self.feature, self.requested, self.interrupt_at = robot.action_features[action_key], [], interrupt_at
         self.episode = -1
 
     @property
     def action_features(self):
-        return {"action": self.task.features["action"]}
+        return {"action": self.feature}
 
     def _connect(self):
         pass
@@ -52,7 +60,7 @@ class ScriptedTeleop(Teleop):
         if self.interrupt_at == (self.episode, self.step):
             raise KeyboardInterrupt
         self.step += 1
-        action = self._rng.uniform(-2000.0, 2000.0, size=self.task.features["action"].shape).astype(np.float32)
+        action = self._rng.uniform(-2000.0, 2000.0, size=self.feature.shape).astype(np.float32)
         self.requested.append(action)
         return {"action": action}
 
@@ -67,9 +75,7 @@ def test_expert_collect_writes_a_store_that_validates(tmp_path, capsys):
     store = EpisodeStore.open(out)
     assert store.n_episodes == 2 and store.n_frames == result["frames"]
     assert store.task == "push_block" and store.fps > 0
-    from robodiff.sim.tasks import load_task
-
-    assert set(store.features) == set(store_features(load_task("push_block")))
+    assert set(store.features) == set(load_task("push_block").features)
     assert store.features["timestamp"].kind == "timestamp"
     for k in range(store.n_episodes):
         ep = store.read_episode(k)
@@ -94,8 +100,8 @@ def test_expert_collect_writes_a_store_that_validates(tmp_path, capsys):
 def test_recorded_action_is_the_clamped_action_the_robot_sent(tmp_path, monkeypatch):
     made = []
 
-    def factory(task, env):
-        made.append(ScriptedTeleop(task, env))
+    def factory(robot, action_key):
+        made.append(ScriptedTeleop(robot, action_key))
         return made[-1]
 
     monkeypatch.setitem(teleop_module.TELEOPS, "scripted", factory)
@@ -112,7 +118,7 @@ def test_recorded_action_is_the_clamped_action_the_robot_sent(tmp_path, monkeypa
 
 def test_interrupt_mid_episode_loses_only_that_episode(tmp_path, monkeypatch):
     monkeypatch.setitem(teleop_module.TELEOPS, "scripted",
-                        lambda task, env: ScriptedTeleop(task, env, interrupt_at=(1, 7)))
+                        lambda robot, action_key: ScriptedTeleop(robot, action_key, interrupt_at=(1, 7)))
     out = tmp_path / "interrupted.zarr"
     result = collect("push_block", teleop="scripted", episodes=3, out=out, keep_failed=True)
     assert result["interrupted"] and result["episodes"] == 1

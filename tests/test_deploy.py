@@ -19,7 +19,9 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from robodiff.commands.deploy import DeployConfig, SafetyConfig, build_robot, check_features, deploy  # noqa: E402
+from robodiff.commands import deploy as deploy_command  # noqa: E402
+from robodiff.commands.deploy import DeployConfig, check_features  # noqa: E402
+from robodiff.config import compose, validate  # noqa: E402
 from robodiff.control.safety import EStop  # noqa: E402
 from robodiff.data.store import EpisodeStore  # noqa: E402
 from robodiff.errors import UserError  # noqa: E402
@@ -29,13 +31,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from policy_doubles import GoToPolicy  # noqa: E402
+from policy_doubles import GoToPolicy, run_loop  # noqa: E402
 
 TARGET = (100.0, 450.0)  # along the pusher's start row, clear of the block
 
 
 def _cfg(**kw) -> DeployConfig:
-    return DeployConfig(**kw)
+    """deploy's config as the command line composes it (`safety_watchdog_s=` for `safety.watchdog_s=`)."""
+    overrides = [f"{k.replace('safety_', 'safety.')}={'null' if v is None else v}" for k, v in kw.items()]
+    return validate(compose("deploy", overrides), DeployConfig)
+
+
+def build_robot(name, seed):
+    return deploy_command.build_robot(name, seed, 10.0)
+
+
+def deploy(policy, robot, cfg, robot_name, **kw):
+    """The command's deploy at 10 Hz with the run's n_action_steps resolved as the command does."""
+    n = policy.n_action_steps if cfg.n_action_steps is None else cfg.n_action_steps
+    return deploy_command.deploy(policy, robot, cfg, 10.0, n, robot_name=robot_name, **kw)
 
 
 @pytest.mark.parametrize("executor", ["sync", "async"])
@@ -67,52 +81,13 @@ def test_deploy_moves_the_sim_robot_and_records_what_was_sent(executor, tmp_path
     assert end < start - 50 or end < 10
 
 
-def test_a_hanging_policy_is_held_by_the_watchdog_within_its_period():
-    robot, outcome = build_robot("push_block", seed=1)
-    sends: list[tuple[float, str]] = []
-    original = robot._send_action
-
-    def spy(action):
-        sends.append((time.monotonic(), threading.current_thread().name))
-        return original(action)
-
-    original_hold = robot._hold
-
-    def hold_spy():  # the watchdog holds through robot.hold(), which need not call _send_action
-        sends.append((time.monotonic(), threading.current_thread().name))
-        return original_hold()
-
-    robot._send_action = spy
-    robot._hold = hold_spy
-    policy = GoToPolicy(TARGET, hang_on_call=2)
-    estop = EStop()
-    result: dict = {}
-    cfg = _cfg(executor="sync", duration_s=30.0, safety=SafetyConfig(watchdog_s=0.2))
-    worker = threading.Thread(target=lambda: result.update(
-        deploy(policy, robot, cfg, "push_block", progress=False, estop=estop)))
-    worker.start()
-    try:
-        assert policy.hanging.wait(10.0)
-        time.sleep(0.5)
-    finally:
-        estop.trigger("test")
-        policy.release.set()
-        worker.join(10.0)
-    assert not worker.is_alive()
-    control = [t for t, name in sends if name != "safety-watchdog"]
-    watchdog = [t for t, name in sends if name == "safety-watchdog"]
-    last_before_hang = max(t for t in control if t < watchdog[0])
-    assert 0.2 <= watchdog[0] - last_before_hang <= 0.2 + 0.05
-    assert result["watchdog_trips"] == 1 and result["stop_reason"] == "e-stop (test)"
-
-
 def test_sigint_holds_then_exits_cleanly(tmp_path):
     script = tmp_path / "run_deploy.py"
     script.write_text(textwrap.dedent('''
         import json, sys, threading
         import numpy as np
         from robodiff.commands.deploy import DeployConfig, build_robot, deploy
-        from robodiff.features import Feature
+        from robodiff.config import compose, validate
         sys.path.insert(0, sys.argv[1])
         from policy_doubles import GoToPolicy
 
@@ -122,9 +97,9 @@ def test_sigint_holds_then_exits_cleanly(tmp_path):
                     print("RUNNING", flush=True)
                 return super().predict_action_chunk(obs_history)
 
-        robot, outcome = build_robot("push_block", seed=0)
-        stats = deploy(Announcing((100.0, 450.0)), robot, DeployConfig(executor="async"),
-                       "push_block", progress=False)
+        robot, outcome = build_robot("push_block", 0, 10.0)
+        cfg = validate(compose("deploy", ["executor=async"]), DeployConfig)
+        stats = deploy(Announcing((100.0, 450.0)), robot, cfg, 10.0, 8, "push_block", progress=False)
         print(json.dumps({"stop_reason": stats["stop_reason"], "holds": stats["holds"],
                           "connected": robot.is_connected, "steps": stats["steps"]}))
     '''))
@@ -185,7 +160,7 @@ def untrained_checkpoint(run_dir: Path, down_dims: list[int], state_dim: int = 2
 
     from robodiff.features import features_to_dict
     from robodiff.policy.factory import build_policy
-    from robodiff.train.checkpoint import save_checkpoint
+    from robodiff.policy.checkpoint import save_checkpoint
 
     cfg = yaml.safe_load((REPO / "robodiff/conf/policy/diffusion_unet.yaml").read_text())
     cfg["encoder"]["backbone"] = "small_cnn"
@@ -223,7 +198,7 @@ def test_a_checkpoint_whose_features_do_not_match_the_robot_is_rejected(tmp_path
 
 
 def test_the_chunk_spec_read_without_weights_matches_the_loaded_policy(tmp_path):
-    from robodiff.train.checkpoint import load_policy, read_chunk_spec
+    from robodiff.policy.checkpoint import load_policy, read_chunk_spec
 
     run = untrained_checkpoint(tmp_path / "run", [8, 16, 32])
     spec, policy = read_chunk_spec(run), load_policy(run)
@@ -232,7 +207,7 @@ def test_the_chunk_spec_read_without_weights_matches_the_loaded_policy(tmp_path)
 
 
 def _edit_meta(run: Path, edit) -> None:
-    from robodiff.train.checkpoint import resolve_checkpoint
+    from robodiff.policy.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(run) / "policy.json"
     meta = json.loads(path.read_text())
@@ -255,7 +230,7 @@ def test_rtc_and_chunk_spec_refuse_unfit_checkpoints_in_one_line(tmp_path, edit,
 
 
 def test_weights_the_inference_process_cannot_load_are_a_one_line_error(tmp_path):
-    from robodiff.train.checkpoint import resolve_checkpoint
+    from robodiff.policy.checkpoint import resolve_checkpoint
 
     run = untrained_checkpoint(tmp_path / "run", [8, 16, 32])
     weights = resolve_checkpoint(run) / "model.safetensors"
@@ -310,7 +285,7 @@ class SlowInEpisode(GoToPolicy):
 
 @pytest.mark.parametrize("executor", ["sync", "async"])
 def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path):
-    from robodiff.sim.env import make_env
+    from robodiff.sim.env import SimEnv
 
     seed, n = 4, 3
     robot, outcome = build_robot("push_block", seed=seed)
@@ -318,8 +293,8 @@ def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path)
     # Sync: episode 2's first inference outlasts the watchdog, which must be armed again per episode.
     policy = SlowInEpisode(TARGET, slow_episode=2, delay_s=0.4)
     store_path = tmp_path / "run.zarr"
-    stats = deploy(policy, robot, _cfg(executor=executor, episodes=n, record=str(store_path),
-                                       safety=SafetyConfig(watchdog_s=0.2)),
+    stats = deploy(policy, robot, _cfg(executor=executor, episodes=n, seed=seed, record=str(store_path),
+                                       safety_watchdog_s=0.2),
                    "push_block", outcome=outcome, progress=False)
     rows = stats["episode_results"]
     assert stats["episodes"] == n and [r["seed"] for r in rows] == [seed + i for i in range(n)]
@@ -335,7 +310,7 @@ def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path)
     assert stats["recorded_episodes"] == list(range(n))
     limits = robot.action_limits["action"]
     max_delta = 0.1 * (limits[1] - limits[0])
-    with EpisodeStore.open(store_path) as store, make_env("push_block", render=False) as env:
+    with EpisodeStore.open(store_path) as store, SimEnv("push_block", render=False) as env:
         for i, r in enumerate(rows):
             ep = store.read_episode(i)
             assert len(ep["state"]) == r["steps"]
@@ -349,17 +324,28 @@ def test_episodes_reset_with_consecutive_seeds_and_aggregate(executor, tmp_path)
 
 def test_a_simulated_episode_lasts_the_tasks_time_budget_stalls_included():
     """The budget is robot time, as on hardware: sync inference that holds the robot 0.25 s per
-    chunk leaves fewer actions in the same 1.5 s than the loop would play without stalls."""
-    robot, outcome = build_robot("push_block", seed=5)
-    outcome.time_limit_s = 1.5
-    stats = deploy(GoToPolicy(TARGET), robot, _cfg(executor="sync", n_action_steps=2,
-                                                   inference_delay_s=0.25), "push_block",
-                   outcome=outcome, progress=False)
+    chunk leaves fewer actions in the same 1.5 s than the loop would play without stalls. On the
+    simulated clock this is exact."""
+    from robodiff.control.clock import SimulatedClock
+    from robodiff.control.executors import make_executor
+    from robodiff.sim.env import task_robot
+    from robodiff.sim.outcome import TaskOutcome
+
+    robot = task_robot("push_block", render=False)
+    robot.connect()
+    outcome = TaskOutcome(robot, max_steps=15, fps=10)
+    outcome.reset(5)
+    policy = GoToPolicy(TARGET)
+    clock = SimulatedClock(0.1)
+    executor = make_executor("sync", policy, clock, 2, delay_s=0.25)
+    stats = run_loop(robot, executor, 100, clock=clock, outcome=outcome)
     assert stats["stop_reason"] == "episode done" and not stats["success"]
-    # At most one inference and one period past the budget before the episode is scored.
-    assert 1.5 <= stats["episode_time_s"] < 1.5 + 0.25 + 2 * 0.1
-    # 15 ticks without stalls; each 2-action chunk costs ~0.35 s here, so about 9 actions fit.
-    assert 6 <= stats["steps"] <= 11 and stats["stalls"] >= 3
+    assert stats["episode_time_s"] == 1.5 and stats["steps"] == 15
+    # ticks 0-2 hold for chunk 1 and send its first action at tick 2; chunk k starts every 4 ticks
+    # Each chunk costs its inference's tick (held), 3 more held ticks (0.25 s, to the nearest
+    # period) the last of which sends its first action, then its second action: 5 ticks. In 15
+    # ticks that is 3 inferences (8 without stalls), each a stall.
+    assert stats["inferences"] == 3 and stats["stalls"] == 3
 
 
 class SlowFirstCall(GoToPolicy):

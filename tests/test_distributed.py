@@ -10,7 +10,7 @@ import sys
 import torch
 from test_train import lowdim_store
 
-from robodiff.train.checkpoint import load_policy
+from robodiff.policy.checkpoint import load_policy
 from robodiff.train.distributed import parameter_digest
 
 

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from policy_doubles import TickRobot, run_loop
 
 from robodiff.cli import main
 from robodiff.control.history import ObservationHistory
 from robodiff.features import Feature
-from robodiff.sim.evaluate import (ExecutorController, RecedingHorizonController, check_policy_features,
-                                   wilson_interval)
+from robodiff.control.clock import SimulatedClock
+from robodiff.control.executors import make_executor
+from robodiff.config import compose
+from robodiff import eval as eval_api
+from robodiff.eval.evaluation import check_policy_features
+from robodiff.policy.checkpoint import read_chunk_spec
+from robodiff.eval.rollouts import COUNTERS
+from robodiff.eval.stats import wilson_interval
 from robodiff.errors import UserError
 
 
@@ -23,6 +30,16 @@ def run_cli(argv: list[str], capsys) -> tuple[int, dict | None, str]:
     lines = captured.out.strip().splitlines()
     payload = json.loads(lines[-1]) if code == 0 and "--json" in argv else None
     return code, payload, captured.err
+
+
+def evaluate(task, **kw):
+    """`robodiff.eval.evaluate` with eval's safety defaults and the policy's own n_action_steps,
+    as the command resolves them."""
+    if "checkpoint" in kw:
+        kw.setdefault("n_action_steps", read_chunk_spec(kw["checkpoint"]).n_action_steps)
+    elif "policy" in kw:
+        kw.setdefault("n_action_steps", kw["policy"].n_action_steps)
+    return eval_api.evaluate(task, compose("eval", []).safety, **kw)
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -79,55 +96,56 @@ class ChunkRecorder:
         return np.arange(base, base + self.horizon, dtype=np.float32)[:, None]
 
 
-def test_receding_horizon_executes_n_action_steps_from_the_newest_observation():
+def played(robot: TickRobot) -> list[float]:
+    return [float(a[0]) for a in robot.sent]
+
+
+def episode(policy, executor: str = "sync", latency_s: float = 0.0, ticks: int = 10, n_action_steps=None):
+    """One episode of `policy` through `executor` on the simulated clock, as eval runs it."""
+    robot = TickRobot()
+    clock = SimulatedClock(0.1)
+    source = make_executor(executor, policy, clock, n_action_steps or policy.n_action_steps, delay_s=latency_s)
+    stats = run_loop(robot, source, ticks, clock=clock)
+    return played(robot), stats
+
+
+def test_plain_eval_executes_n_action_steps_from_the_newest_observation():
     policy = ChunkRecorder()
-    ctrl = RecedingHorizonController(policy)
-    ctrl.reset(0)
-    executed = [float(ctrl.act({"state": np.array([t], np.float32)}, env=None)[0]) for t in range(7)]
+    executed, stats = episode(policy, ticks=7)
     # chunk[n_obs_steps-1 : n_obs_steps-1+n_action_steps] = rows 1..3 of each chunk
     assert executed == [1, 2, 3, 101, 102, 103, 201]
-    assert [c.tolist() for c in policy.calls] == [[0, 0], [2, 3], [5, 6]]
-    ctrl.reset(1)
-    assert policy.resets == 2 and float(ctrl.act({"state": np.array([9.0])}, None)[0]) == 301
-
-
-def drive(controller: ExecutorController, ticks: int) -> list[float]:
-    controller.reset(0)
-    return [float(controller.act({"state": np.array([1000.0 + t], np.float32)}, env=None)[0])
-            for t in range(ticks)]
+    assert [c.tolist() for c in policy.calls] == [[1000, 1000], [1002, 1003], [1005, 1006]]
+    assert stats["steps"] == 7 and stats["inferences"] == 3
+    # n_action_steps is the run's: 2 re-plans after two actions
+    assert episode(ChunkRecorder(), ticks=5, n_action_steps=2)[0] == [1, 2, 101, 102, 201]
 
 
 def test_sync_on_the_episode_clock_holds_the_robot_through_each_inference():
     policy = ChunkRecorder()
     # Each inference blocks the loop for 3 ticks (0.25 s): the robot holds (first where it is),
     # then the chunk plays from its first action; the observations of blocked ticks are never seen.
-    controller = ExecutorController(policy, "sync", latency_s=0.25, dt=0.1)
-    played = drive(controller, 12)
-    assert played == [1000, 1000, 1000, 1, 2, 3, 3, 3, 3, 101, 102, 103]
-    assert controller.counters() == {"inferences": 2, "dropped_actions": 0, "stalls": 2}
+    sent, stats = episode(policy, "sync", 0.25, 12)
+    assert sent == [1000, 1000, 1000, 1, 2, 3, 3, 3, 3, 101, 102, 103]
+    assert {k: stats[k] for k in COUNTERS} == {"inferences": 2, "dropped_actions": 0, "stalls": 2}
     assert [c.tolist() for c in policy.calls] == [[1000, 1000], [1005, 1006]]
     # The action goes out when the inference ends, at the nearest tick: 0.04 s costs no tick
     # (deploy sends it within the period), 0.17 s two.
-    assert drive(ExecutorController(ChunkRecorder(), "sync", latency_s=0.04, dt=0.1), 4) == [1, 2, 3, 101]
-    assert drive(ExecutorController(ChunkRecorder(), "sync", latency_s=0.17, dt=0.1), 6) == [1000, 1000, 1, 2, 3, 3]
+    assert episode(ChunkRecorder(), "sync", 0.04, 4)[0] == [1, 2, 3, 101]
+    assert episode(ChunkRecorder(), "sync", 0.17, 6)[0] == [1000, 1000, 1, 2, 3, 3]
 
 
 def test_async_on_the_episode_clock_drops_the_actions_that_passed_while_it_inferred():
     policy = ChunkRecorder()
-    first = ExecutorController(policy, "async", latency_s=0.25, dt=0.1)
-    played = drive(first, 10)
+    sent, stats = episode(policy, "async", 0.25, 10)
     # Chunk k (from the observation of tick t_k) arrives 3 ticks later; its actions for ticks
     # already past are dropped, so it plays from its 4th; with nothing due the robot holds.
-    assert played == [1000, 1000, 1000, 4, 5, 5, 104, 105, 105, 204]
+    assert sent == [1000, 1000, 1000, 4, 5, 5, 104, 105, 105, 204]
     # Three chunks arrived, 3 actions of each dropped; ticks 5 and 8 held with nothing due
     # (the holds before the first chunk are not stalls, as in deploy).
-    assert first.counters() == {"inferences": 3, "dropped_actions": 9, "stalls": 2}
+    assert {k: stats[k] for k in COUNTERS} == {"inferences": 3, "dropped_actions": 9, "stalls": 2}
     assert [c.tolist() for c in policy.calls] == [[1000, 1000], [1002, 1003], [1005, 1006], [1008, 1009]]
-    # Every episode starts afresh: the plan and the inference in flight at the end of one
-    # (launched at tick 9) never play in the next, which holds until its own first chunk.
-    controller = ExecutorController(ChunkRecorder(), "async", latency_s=0.25, dt=0.1)
-    assert drive(controller, 10) == played
-    assert drive(controller, 4) == [1000, 1000, 1000, 404]
+    # The same episode again gives the same actions: nothing depends on the wall clock.
+    assert episode(ChunkRecorder(), "async", 0.25, 10)[0] == sent
 
 
 def test_policy_features_must_match_the_task():
@@ -170,8 +188,6 @@ def test_expert_succeeds_and_random_fails_on_push_block(tmp_path, capsys):
 
 def test_video_reads_back_and_shows_the_scene_moving(tmp_path):
     from robodiff.data.video import read_video
-    from robodiff.sim.evaluate import evaluate
-
     result = evaluate("push_block", policy_name="expert", episodes=1, seed=3, out=tmp_path,
                       n_videos=1, video_size=128)
     (row,) = read_rows(tmp_path)
@@ -184,8 +200,6 @@ def test_video_reads_back_and_shows_the_scene_moving(tmp_path):
 
 
 def test_same_seed_same_rows_and_parallel_equals_serial(tmp_path):
-    from robodiff.sim.evaluate import evaluate
-
     common = dict(policy_name="random", episodes=4, seed=11, n_videos=0)
     serial = evaluate("push_block", out=tmp_path / "a", n_envs=1, **common)
     again = evaluate("push_block", out=tmp_path / "b", n_envs=1, **common)
@@ -230,7 +244,7 @@ def save_small_diffusion_checkpoint(run_dir: Path, state_dim: int = 2) -> Path:
     from robodiff.config import compose, to_dict
     from robodiff.features import features_to_dict
     from robodiff.policy.factory import build_policy
-    from robodiff.train.checkpoint import save_checkpoint
+    from robodiff.policy.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     cfg = to_dict(compose("train", ["policy=diffusion_unet", "policy.obs_keys=[state]", "policy.horizon=8",
@@ -247,8 +261,6 @@ def save_small_diffusion_checkpoint(run_dir: Path, state_dim: int = 2) -> Path:
 
 
 def test_checkpoint_rollouts_are_seeded_and_parallel_equals_serial(tmp_path):
-    from robodiff.sim.evaluate import evaluate
-
     from robodiff.sim.tasks import load_task
 
     run = save_small_diffusion_checkpoint(tmp_path / "run")
@@ -263,7 +275,6 @@ def test_checkpoint_rollouts_are_seeded_and_parallel_equals_serial(tmp_path):
 
 
 def test_checkpoint_through_a_deployment_executor_with_latency(tmp_path, capsys):
-    from robodiff.sim.evaluate import evaluate
     from robodiff.sim.tasks import load_task
 
     run = save_small_diffusion_checkpoint(tmp_path / "run")
@@ -293,11 +304,16 @@ def test_checkpoint_through_a_deployment_executor_with_latency(tmp_path, capsys)
         evaluate(task, policy=policy, episodes=1, seed=4, n_videos=0, out=tmp_path / "p", **extra)
         counts.append(len(policy.calls))
     assert counts == [7, 4]
+    policy = StayPut()  # n_action_steps=2 re-plans every 2 of the 20 ticks
+    evaluate(task, policy=policy, n_action_steps=2, episodes=1, seed=4, n_videos=0, out=tmp_path / "q")
+    assert len(policy.calls) == 10
     capsys.readouterr()
     for bad, words in ((["executor=async", "policy=expert"], "checkpoint=PATH"),
                        ([f"checkpoint={run}", "latency_s=0.3"], "latency_s= needs executor="),
                        ([f"checkpoint={run}", "executor=fast"], "executor 'fast'"),
-                       ([f"checkpoint={run}", "executor=sync", "latency_s=-1"], "latency_s=-1")):
+                       ([f"checkpoint={run}", "executor=sync", "latency_s=-1"], "latency_s=-1"),
+                       ([f"checkpoint={run}", "n_action_steps=0"], "n_action_steps=0 must be in 1..7"),
+                       (["policy=expert", "n_action_steps=4"], "n_action_steps= is for a learned policy")):
         code, _, err = run_cli(["eval", "task=push_block", "episodes=1", *bad], capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
@@ -322,7 +338,7 @@ def test_bench_latency_plots_success_against_latency_per_executor(tmp_path, caps
         code, _, err = run_cli(["bench", "latency", *args], capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     # rtc on a checkpoint that cannot be guided is refused before the other executors' episodes.
-    from robodiff.train.checkpoint import resolve_checkpoint
+    from robodiff.policy.checkpoint import resolve_checkpoint
 
     meta_path = resolve_checkpoint(run) / "policy.json"
     meta = json.loads(meta_path.read_text())

@@ -11,19 +11,26 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from robodiff.control.executors import (AsyncExecutor, BackgroundInference, EnsembleExecutor, Guide,
-                                        ProcessInference, RTCExecutor, SimulatedLatency, SyncExecutor,
-                                        make_executor, timestamp_chunk)
+from robodiff.control.clock import SimulatedClock
+from robodiff.control.executors import (AsyncExecutor, EnsembleExecutor, RTCExecutor, SyncExecutor,
+                                        check_n_action_steps, make_executor, timestamp_chunk)
 from robodiff.control.history import ObservationHistory
+from robodiff.control.inference import BackgroundInference, ProcessInference, SimulatedLatency
 from robodiff.errors import ConfigError, UserError
+from robodiff.policy.guided import Guide
 
 DT = 0.1
+# The executors' clock where the test sets the time itself (`FakeBackend.now`): only its period
+# and kind matter to them.
+CLOCK = SimulatedClock(DT)
+N = 8  # the run's n_action_steps
 
 
 class StampPolicy:
     """Action i of a chunk is [chunk number, the time it is meant for], read from the newest obs."""
 
     n_obs_steps, horizon, n_action_steps = 2, 16, 8
+    obs_keys = ["t"]
 
     def __init__(self) -> None:
         self.calls = 0
@@ -80,15 +87,13 @@ def _drive(executor, backend: FakeBackend | None, ticks: int,
            lag: float | Callable[[], float] = 0.0) -> list[tuple[float, np.ndarray | None]]:
     """`lag`: each observation is that much older than its tick (camera latency), or a function
     drawing that age per tick."""
-    history = ObservationHistory(StampPolicy.n_obs_steps)
     out = []
     for k in range(ticks):
         now = round(k * DT, 9)
         if backend is not None:
             backend.now = now
         t_obs = round(now - (lag() if callable(lag) else lag), 9)
-        history.push({"t": np.array([t_obs])})
-        out.append((now, executor.act(now, history, t_obs)))
+        out.append((now, executor.act(now, {"t": np.array([t_obs])}, t_obs)))
     return out
 
 
@@ -105,7 +110,7 @@ def test_timestamp_chunk_starts_at_the_newest_observation():
 def test_async_splices_each_chunk_at_the_current_tick_and_drops_late_actions(latency):
     policy = StampPolicy()
     backend = FakeBackend(policy, latency)
-    ex = AsyncExecutor(policy, DT, backend)
+    ex = AsyncExecutor(policy, CLOCK, N, backend)
     trace = _drive(ex, backend, 120)
     ready = math.ceil(latency / DT - 1e-9)  # first tick at which the first chunk is in
     assert all(a is None for _, a in trace[:ready])
@@ -129,7 +134,7 @@ def test_async_splices_each_chunk_at_the_current_tick_and_drops_late_actions(lat
 def test_async_holds_when_inference_is_slower_than_the_whole_chunk():
     policy = StampPolicy()
     backend = FakeBackend(policy, 2.0)  # 20 ticks > the 15 actions a chunk covers
-    ex = AsyncExecutor(policy, DT, backend)
+    ex = AsyncExecutor(policy, CLOCK, N, backend)
     trace = _drive(ex, backend, 60)
     gaps = [t for t, a in trace[20:] if a is None]
     assert gaps and ex.stats()["stalls"] == len(gaps)
@@ -139,7 +144,7 @@ def test_async_holds_when_inference_is_slower_than_the_whole_chunk():
 def test_async_latency_estimate_sets_the_launch_lead():
     policy = StampPolicy()
     backend = FakeBackend(policy, 0.25)
-    ex = AsyncExecutor(policy, DT, backend, margin_steps=1)
+    ex = AsyncExecutor(policy, CLOCK, N, backend, margin_steps=1)
     assert ex.lead_steps() == 1
     _drive(ex, backend, 40)
     assert ex.lead_steps() == 4  # ceil(0.25 / 0.1) + 1
@@ -151,7 +156,7 @@ def test_async_latency_estimate_sets_the_launch_lead():
 def test_rtc_keeps_the_actions_that_play_while_each_chunk_is_computed(latency, lag):
     policy = GuidedStampPolicy()
     backend = FakeBackend(policy, latency)
-    ex = RTCExecutor(policy, DT, backend)
+    ex = RTCExecutor(policy, CLOCK, N, backend)
     trace = _drive(ex, backend, 100, lag=lag)
     played = {round(t, 6): a for t, a in trace if a is not None}
     assert len(policy.guides) == len(backend.submits) > 10 and policy.calls == len(backend.submits)
@@ -202,7 +207,7 @@ def test_rtc_never_repeats_or_skips_an_action_at_a_switch_under_jittery_camera_l
     def played_times(executor_cls, policy):
         backend = FakeBackend(policy, 0.25)
         rng = np.random.default_rng(0)
-        trace = _drive(executor_cls(policy, DT, backend), backend, 120, lag=lambda: rng.uniform(0.04, 0.06))
+        trace = _drive(executor_cls(policy, CLOCK, N, backend), backend, 120, lag=lambda: rng.uniform(0.04, 0.06))
         return np.array([a[1] for _, a in trace if a is not None])
 
     steps = np.diff(played_times(RTCExecutor, GuidedStampPolicy()))
@@ -215,26 +220,22 @@ def test_rtc_never_repeats_or_skips_an_action_at_a_switch_under_jittery_camera_l
 def test_rtc_warms_up_the_guided_path_without_touching_the_plan():
     policy = GuidedStampPolicy()
     backend = FakeBackend(policy, 0.0)
-    ex = RTCExecutor(policy, DT, backend)
-    history = ObservationHistory(StampPolicy.n_obs_steps)
-    history.push({"t": np.array([0.0])})
-    ex.warm_up(history.stacked())
+    ex = RTCExecutor(policy, CLOCK, N, backend)
+    ex.warm_up({"t": np.array([0.0])})
     assert len(policy.guides) == 1 and policy.guides[0].frozen.size == 0
     assert ex.inferences == 0 and not ex.plan and not ex.played and not backend.busy
 
 
 def test_rtc_needs_a_guided_policy():
     with pytest.raises(ConfigError, match="guided sampling"):
-        make_executor("rtc", StampPolicy(), DT)
+        make_executor("rtc", StampPolicy(), CLOCK, N)
     with pytest.raises(UserError, match="guided sampling"):
         ProcessInference(functools.partial(StampPolicy), guided=True)
 
 
 def test_sync_plays_n_action_steps_then_replans_and_counts_stalls():
     policy = StampPolicy()
-    clock = {"t": 0.0}
-    ex = SyncExecutor(policy, DT, delay_s=0.15, now=lambda: clock["t"],
-                      sleep=lambda s: clock.__setitem__("t", clock["t"] + s))
+    ex = SyncExecutor(policy, SimulatedClock(DT), N, delay_s=0.15)
     trace = _drive(ex, None, 24)
     ids = [int(a[0]) for _, a in trace]
     assert ids == [0] * 8 + [1] * 8 + [2] * 8
@@ -250,7 +251,7 @@ def test_ensemble_weights_older_chunks_more():
 
     policy = ConstPolicy()
     backend = FakeBackend(policy, 0.1)
-    ex = EnsembleExecutor(policy, DT, backend, k=0.5)
+    ex = EnsembleExecutor(policy, CLOCK, N, backend, k=0.5)
     trace = _drive(ex, backend, 4)
     w = np.exp(-0.5 * np.arange(3))
     assert trace[0][1] is None
@@ -285,16 +286,20 @@ def test_background_inference_surfaces_policy_errors():
 
     backend = BackgroundInference(Broken())
     backend.submit({"t": np.zeros((2, 1))}, 0.0)
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10.0
     with pytest.raises(RuntimeError, match="background thread"):
-        backend.poll()
+        while time.monotonic() < deadline:  # the error comes with the first poll after it happened
+            backend.poll()
+            time.sleep(0.005)
 
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="executor 'fast'"):
-        make_executor("fast", StampPolicy(), DT)
+        make_executor("fast", StampPolicy(), CLOCK, N)
     with pytest.raises(ConfigError, match="n_action_steps=16"):
-        SyncExecutor(StampPolicy(), DT, n_action_steps=16)
+        check_n_action_steps(StampPolicy(), 16)
+    with pytest.raises(ConfigError, match=r"n_action_steps=0 must be in 1\.\.15"):
+        check_n_action_steps(StampPolicy(), 0)
 
 
 def _broken_factory() -> StampPolicy:

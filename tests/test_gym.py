@@ -11,9 +11,12 @@ import yaml
 
 import robodiff.sim.gym_envs  # noqa: F401  (registers robodiff/<task>)
 from robodiff.errors import UserError
-from robodiff.sim.env import make_env
 from robodiff.sim.experts import make_expert
-from robodiff.sim.gym_envs import GymTaskEnv
+from robodiff.sim.gym_tasks import GymTaskRobot
+from robodiff.sim.outcome import TaskOutcome
+from robodiff.sim.env import task_robot
+from robodiff.config import compose
+from robodiff.eval import evaluate
 from robodiff.sim.tasks import load_task
 
 
@@ -59,15 +62,24 @@ def test_gym_kind_task_maps_observations(tmp_path):
     spec = load_task(str(_gym_task(tmp_path, {"image": "image", "state": "agent"})))
     assert spec.kind == "gym" and spec.observation_keys == ["image", "agent"]
     assert spec.features["agent"].shape == (2,) and spec.features["action"].kind == "action"
-    env = make_env(spec)
-    assert isinstance(env, GymTaskEnv) and env.action_space.shape == (2,)
-    obs = env.reset(seed=1)
-    assert set(obs) == {"image", "agent", "timestamp"} and obs["image"].std() > 10
-    for _ in range(20):
-        obs, score, success, done, info = env.step(np.array([256.0, 256.0]))
-    assert done and obs["timestamp"] == pytest.approx(2.0) and 0.0 <= score <= 1.0
-    assert env.render_frame(128).shape == (128, 128, 3)
-    env.close()
+    robot = task_robot(spec)
+    assert isinstance(robot, GymTaskRobot) and robot.action_features["action"].shape == (2,)
+    with robot:
+        outcome = TaskOutcome(robot, spec.max_steps, spec.fps)
+        outcome.reset(1)
+        obs = robot.get_observation()
+        assert set(obs) == {"image", "agent", "timestamp"} and obs["image"].std() > 10
+        for _ in range(20):
+            robot.send_action({"action": np.array([256.0, 256.0])})
+            result = outcome()
+        assert result["done"] and robot.get_observation()["timestamp"] == pytest.approx(2.0)
+        assert 0.0 <= result["score"] <= 1.0
+        assert robot.render_frame(128).shape == (128, 128, 3)
+    # eval runs a gym task through the same episode loop as any other
+    summary = evaluate(str(_gym_task(tmp_path, {"image": "image", "state": "agent"})),
+                       compose("eval", []).safety, policy_name="random", episodes=2, seed=3,
+                       n_videos=1, video_size=64, out=tmp_path / "eval")
+    assert summary["episodes"] == 2 and summary["mean_length"] == 20 and len(summary["videos"]) == 1
 
 
 def test_gym_kind_task_errors_name_the_key(tmp_path):

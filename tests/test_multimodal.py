@@ -11,7 +11,7 @@ import torch
 
 from robodiff.data.store import EpisodeStore
 from robodiff.features import Feature
-from robodiff.train.checkpoint import load_policy
+from robodiff.policy.checkpoint import load_policy
 from robodiff.train.config import load
 from robodiff.train.trainer import train
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from robodiff.data.normalizer import Normalizer, RunningStats, cached_stats, compute_stats
+from robodiff.data.stats import RunningStats, cached_stats, compute_stats
+from robodiff.policy.normalizer import Normalizer
 from robodiff.data.store import EpisodeStore
 from robodiff.errors import UserError
 from robodiff.features import Feature

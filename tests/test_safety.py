@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,64 +94,101 @@ def test_filter_counts_and_converges_to_a_reachable_target():
     assert filt.stats() == {"safety_rejected": 2, "safety_clamped": 10, "safety_rate_limited": 5}
 
 
+def _safety(**kw) -> SimpleNamespace:
+    """A `safety.*` block (deploy's defaults unless given)."""
+    return SimpleNamespace(**{"low": None, "high": None, "rate_limit": True, "max_delta": None,
+                              "max_delta_fraction": 0.1, "watchdog_s": None, **kw})
+
+
 def test_limits_from_robot_and_config_errors():
     robot = PointRobot({"low": [-1, -2], "high": [1, 2]})
-    limits = resolve_limits(robot, None, None, None, max_delta_fraction=0.05)
+    limits = resolve_limits(robot, _safety(max_delta_fraction=0.05))
     assert limits.high.tolist() == [1, 2] and limits.max_delta == pytest.approx([0.1, 0.2])
-    limits = resolve_limits(robot, [0, 0], None, 0.5, max_delta_fraction=0.05)
+    limits = resolve_limits(robot, _safety(low=[0, 0], max_delta=0.5))
     assert limits.low.tolist() == [0, 0] and limits.max_delta.tolist() == [0.5, 0.5]
+    assert resolve_limits(robot, _safety(rate_limit=False)).max_delta is None
     with pytest.raises(ConfigError, match="publishes no action limits"):
-        resolve_limits(PointRobot(None), None, None, None, 0.05)
+        resolve_limits(PointRobot(None), _safety())
     with pytest.raises(ConfigError, match="low <= high"):
         ActionLimits([1, 1], [0, 2], 0.1)
     with pytest.raises(ConfigError, match="max_delta"):
         ActionLimits([0, 0], [1, 1], 0.0)
+    with pytest.raises(ConfigError, match="finite"):  # a rate limit needs a finite range
+        ActionLimits([0, -np.inf], [1, 1], 0.1)
+    assert ActionLimits([0, -np.inf], [1, 1]).dim == 2  # without one, a gym Box may be open
 
 
-def _safe_robot(watchdog_s: float) -> tuple[PointRobot, SafeRobot, EStop]:
+class FakeTime:
+    """The watchdog's clock, moved by the test alone."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _safe_robot(watchdog_s: float, now=time.monotonic) -> tuple[PointRobot, SafeRobot, EStop]:
     robot = PointRobot()
     robot.connect()
     estop = EStop()
-    safe = SafeRobot(robot, SafetyFilter(ActionLimits([-1, -1], [1, 1], 0.5)), watchdog_s, estop)
+    safe = SafeRobot(robot, SafetyFilter(ActionLimits([-1, -1], [1, 1], 0.5)), watchdog_s, estop, now=now)
     safe.start(np.zeros(2))
     return robot, safe, estop
 
 
-def test_watchdog_holds_within_its_period_when_no_fresh_action_arrives():
-    robot, safe, _ = _safe_robot(watchdog_s=0.05)
+def _eventually(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return condition()
+
+
+def test_watchdog_holds_once_when_no_fresh_action_arrives_within_its_period():
+    clock = FakeTime()
+    robot, safe, _ = _safe_robot(watchdog_s=0.05, now=clock)
     try:
         for _ in range(5):
             safe.send(np.array([0.1, 0.1]))
-            time.sleep(0.01)
+            clock.t += 0.01
+        last_pos = robot.sent[-1][2]
+        clock.t += 0.035  # 0.045 s since the last action: inside the period, whatever the wall clock does
+        time.sleep(0.1)
         assert safe.watchdog_trips == 0
-        last_send, last_pos = robot.sent[-1][0], robot.sent[-1][2]
-        time.sleep(0.2)  # the policy "hangs"
+        clock.t += 0.01  # 0.055 s: the policy "hangs"
+        assert _eventually(lambda: safe.watchdog_trips == 1)
         holds = robot.watchdog_sends()
-        assert safe.watchdog_trips == 1 and len(holds) == 1  # held once, not every poll
-        assert 0.05 <= holds[0][0] - last_send <= 0.05 + 0.03
-        assert np.array_equal(holds[0][1], last_pos)  # re-commands the last safe action
+        assert len(holds) == 1 and np.array_equal(holds[0][1], last_pos)  # re-commands the last safe action
+        clock.t += 1.0
+        time.sleep(0.1)
+        assert safe.watchdog_trips == 1 and len(robot.watchdog_sends()) == 1  # held once, not every poll
         safe.send(np.array([0.2, 0.2]))  # a fresh action re-arms it
-        time.sleep(0.15)
-        assert safe.watchdog_trips == 2
+        clock.t += 0.06
+        assert _eventually(lambda: safe.watchdog_trips == 2)
     finally:
         safe.stop()
+
+
+def test_no_watchdog_thread_on_a_simulated_clock():
+    robot = PointRobot()
+    robot.connect()
+    safe = SafeRobot(robot, SafetyFilter(ActionLimits([-1, -1], [1, 1])), None, None)
+    safe.start(np.zeros(2))
+    assert safe._thread is None
+    safe.stop()
 
 
 def test_estop_holds_at_once_even_while_the_control_thread_is_busy():
-    robot, safe, estop = _safe_robot(watchdog_s=10.0)
+    robot, safe, estop = _safe_robot(watchdog_s=1e9, now=FakeTime())
     try:
         safe.send(np.array([0.3, 0.3]))
-        t = time.monotonic()
-        estop.trigger("test")
-        deadline = t + 0.5
-        while not robot.watchdog_sends() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        estop.trigger("test")  # the control thread sends nothing more: the watchdog thread holds
+        assert _eventually(lambda: bool(robot.watchdog_sends()))
         holds = robot.watchdog_sends()
-        assert holds and holds[0][0] - t < 0.05 and estop.reason == "test"
-        assert holds[0][1] == pytest.approx([0.3, 0.3])
+        assert estop.reason == "test" and holds[0][1] == pytest.approx([0.3, 0.3])
+        assert safe.watchdog_trips == 0  # an e-stop hold, not a timeout
     finally:
         safe.stop()
-
 
 
 def test_estop_from_the_terminal_key_q(monkeypatch):
@@ -171,14 +209,23 @@ def test_estop_from_the_terminal_key_q(monkeypatch):
     os.close(master)
 
 
-def test_without_the_filter_actions_pass_unchanged_and_none_repeats_the_last():
-    robot = PointRobot()
+def test_without_a_rate_limit_the_filter_clamps_exactly_and_rejects_non_finite():
+    robot = PointRobot({"low": [0.0, 0.0], "high": [0.7, 512.0]})
     robot.connect()
-    safe = SafeRobot(robot, None, 1.0, EStop())
-    safe.start(np.array([3.0, 4.0]))
-    try:
-        assert safe.send(None)["action"] == pytest.approx([3.0, 4.0])  # nothing yet: stay put
-        assert safe.send(np.array([900.0, -5.0]))["action"] == pytest.approx([900.0, -5.0])
-        assert safe.send(None)["action"] == pytest.approx([900.0, -5.0])
-    finally:
-        safe.stop()
+    filt = SafetyFilter(resolve_limits(robot, _safety(rate_limit=False)))
+    safe = SafeRobot(robot, filt, None, None)
+    safe.start(np.array([0.3, 4.0]))
+    assert safe.send(None)["action"] == pytest.approx([0.3, 4.0])  # nothing yet: stay put
+    # A jump of any size, clamped in float64 to the bounds themselves: 0.7, not float32(0.7).
+    sent = filt(np.array([900.0, 300.5]))
+    assert sent.dtype == np.float64 and sent.tolist() == [0.7, 300.5]
+    assert safe.send(np.array([np.nan, 1.0]))["action"] == pytest.approx([0.7, 300.5])  # held
+    assert filt.stats() == {"safety_rejected": 1, "safety_clamped": 1, "safety_rate_limited": 0}
+    # A proposal is what the robot would see: cast to its action dtype first.
+    assert filt(np.array([0.1, 1.0 + 1e-12])).tolist() == [np.float64(np.float32(0.1)), 1.0]
+    # A robot without `state` gives no position: nothing to hold until an action was sent.
+    filt.reset(None)
+    with pytest.raises(RuntimeError, match="nothing to hold"):
+        filt(None)
+    with pytest.raises(ValueError, match="rate limit needs"):
+        SafetyFilter(ActionLimits([0, 0], [1, 1], 0.1)).reset(None)

@@ -12,7 +12,7 @@ from matplotlib.path import Path as MplPath
 from robodiff.errors import UserError
 from robodiff.paths import asset_dir
 from robodiff.sim.coverage import T_PARTS, coverage, place
-from robodiff.sim.env import make_env
+from robodiff.sim.env import SimEnv
 from robodiff.sim.experts import make_expert
 from robodiff.sim.tasks import load_task
 
@@ -56,10 +56,14 @@ def test_load_task_spec():
     assert load_task("push_block").policy_inputs == ["image", "state"]
 
 
-def test_a_training_run_on_a_task_defaults_to_its_policy_inputs():
-    from robodiff.train.data import task_obs_keys
+def test_a_training_run_on_a_task_defaults_to_its_policy_inputs(monkeypatch):
+    from robodiff.commands import train as train_command
 
-    assert task_obs_keys("push_t") == ("push_t", ["image", "agent_pos"])
+    seen = {}
+    monkeypatch.setattr(train_command, "train", lambda cfg, *args: seen.update(args=args) or {})
+    train_command.run([], ["task=push_t", "dataset=x.zarr"], set())
+    name, keys, rollout = seen["args"]
+    assert (name, keys) == ("push_t", ["image", "agent_pos"]) and callable(rollout)
 
 
 def _task_copy(tmp_path, name="push_block", **changes):
@@ -91,7 +95,7 @@ def test_task_errors_name_the_offender(tmp_path):
 def test_same_seed_same_initial_state_and_expert_trajectory(task):
     runs = []
     for _ in range(2):
-        env, expert = make_env(task), make_expert(task, seed=11)
+        env, expert = SimEnv(task), make_expert(task, seed=11)
         obs = env.reset(seed=5)
         expert.reset()
         actions = []
@@ -105,7 +109,7 @@ def test_same_seed_same_initial_state_and_expert_trajectory(task):
     np.testing.assert_array_equal(obs_a["state"], obs_b["state"])
     np.testing.assert_array_equal(obs_a["image"], obs_b["image"])
     np.testing.assert_array_equal(act_a, act_b)
-    env = make_env(task, render=False)
+    env = SimEnv(task, render=False)
     assert not np.array_equal(env.reset(seed=5)["state"], env.reset(seed=6)["state"])
     env.close()
 
@@ -119,7 +123,7 @@ def _rollout(env, act, seed):
 
 
 def test_push_block_expert_succeeds_and_is_multimodal():
-    env = make_env("push_block", render=False)
+    env = SimEnv("push_block", render=False)
     results = []
     for seed in range(20):
         expert = make_expert("push_block", seed=seed)
@@ -144,7 +148,7 @@ def test_push_block_expert_succeeds_and_is_multimodal():
 
 
 def test_push_block_random_policy_mostly_fails_and_episodes_end_at_max_steps():
-    env = make_env("push_block", render=False)
+    env = SimEnv("push_block", render=False)
     rng = np.random.default_rng(0)
     results = [_rollout(env, lambda obs: rng.uniform(0, 512, 2), seed) for seed in range(20)]
     assert np.mean([r[0] for r in results]) <= 0.1
@@ -154,7 +158,7 @@ def test_push_block_random_policy_mostly_fails_and_episodes_end_at_max_steps():
 
 
 def test_push_t_score_success_and_expert_progress():
-    env = make_env("push_t", render=False)
+    env = SimEnv("push_t", render=False)
     env.reset(seed=0)
     env.data.qpos[env.logic._block] = GOAL
     score, success, info = env.logic.evaluate(env.model, env.data)
@@ -178,7 +182,7 @@ def test_push_t_score_success_and_expert_progress():
 
 
 def test_images_show_the_scene_and_video_frames():
-    env = make_env("push_t")
+    env = SimEnv("push_t")
     obs = env.reset(seed=1)
     assert obs["image"].shape == (96, 96, 3) and obs["image"].std() > 10
     frame = env.render_frame(256)

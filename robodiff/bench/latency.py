@@ -12,8 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robodiff.commands.eval import eval_config, evaluate_with
 from robodiff.config import compose, require, validate
+from robodiff.control.executors import EXECUTORS, check_executor
 from robodiff.errors import ConfigError
+from robodiff.eval.report import default_out
+from robodiff.policy.checkpoint import read_policy_meta, require_guided_checkpoint
 
 
 @dataclass
@@ -51,10 +55,6 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
-    from robodiff.control.executors import EXECUTORS, check_executor
-    from robodiff.sim.evaluate import default_out, evaluate
-    from robodiff.train.checkpoint import read_policy_meta, require_guided_checkpoint
-
     cfg = validate(compose("bench_latency", overrides), BenchLatencyConfig)
     checkpoint = str(require(cfg, "checkpoint", "bench latency"))
     if not cfg.executors:
@@ -75,9 +75,10 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
     rows = []
     for executor in cfg.executors:
         for latency in latencies:
-            summary = evaluate(task, checkpoint=checkpoint, episodes=cfg.episodes, seed=cfg.seed,
-                               n_envs=cfg.n_envs, out=out / f"{executor}_{latency:g}s", n_videos=0,
-                               executor=executor, latency_s=latency)
+            summary = evaluate_with(eval_config([
+                f"task={task}", f"checkpoint={checkpoint}", f"episodes={cfg.episodes}", f"seed={cfg.seed}",
+                f"n_envs={cfg.n_envs}", f"out={out / f'{executor}_{latency:g}s'}", "n_videos=0",
+                f"executor={executor}", f"latency_s={latency}"]))
             row = {"executor": executor, "latency_s": latency, "success_rate": summary["success_rate"],
                    "mean_score": round(summary["mean_score"], 4), "ci95": [round(v, 4) for v in summary["ci95"]]}
             rows.append(row)

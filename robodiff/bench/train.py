@@ -21,13 +21,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from robodiff.config import compose, to_dict
-from robodiff.data.normalizer import cached_stats
+from robodiff.data.stats import cached_stats
 from robodiff.data.store import EpisodeStore
 from robodiff.data.windows import WindowIndex
 from robodiff.errors import ConfigError
 from robodiff.features import Feature, Features
 from robodiff.models.ema import EMAModel
 from robodiff.policy.factory import build_policy
+from robodiff.train.config import load
+from robodiff.train.trainer import train
 
 KINDS = ("image", "lowdim")
 
@@ -115,9 +117,6 @@ def straightforward(store_path: Path, policy_cfg: dict[str, Any], device: torch.
 
 def ours(store_path: Path, run_dir: Path, policy_name: str, device: torch.device, batch_size: int,
          steps: int) -> float:
-    from robodiff.train.config import load
-    from robodiff.train.trainer import train
-
     cfg = load([f"policy={policy_name}", f"dataset={store_path}", f"run_dir={run_dir}", f"device={device.type}",
                 f"training.steps={steps + 1}", f"training.batch_size={batch_size}", "training.val_ratio=0",
                 f"training.log_every={steps + 1}", "logging.progress=false", "logging.tensorboard=false"])

@@ -1,11 +1,34 @@
-"""`robodiff collect task=T teleop=expert|keyboard|... episodes=N out=PATH [robot=R] [seed=S] [--json]`."""
+"""`robodiff collect task=T teleop=expert|keyboard|... episodes=N out=PATH [robot=R] [seed=S] [--json]`.
+
+Each step records the observation, the action the robot really executed (what `send_action`
+returned after the safety filter and the robot's own clamp, not what the teleop asked for) and
+the timestamp. An episode reaches the store only through `EpisodeRecorder.commit`, so Ctrl-C or a
+kill mid-episode loses that episode and nothing else.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+from tqdm import tqdm
 
 from robodiff.config import compose, require, validate
-from robodiff.errors import UserError
+from robodiff.control.clock import Clock, SimulatedClock
+from robodiff.control.loop import EpisodeLoop
+from robodiff.control.safety import SafeRobot, SafetyConfig, SafetyFilter, resolve_limits
+from robodiff.control.sources import TeleopSource
+from robodiff.data.store import EpisodeRecorder, EpisodeStore
+from robodiff.errors import StoreError, UserError
+from robodiff.features import Features, features_to_dict
+from robodiff.hal import make_teleop
+from robodiff.hal.teleop import KEYBOARD_HELP
+from robodiff.sim.env import TaskRobot, task_robot
+from robodiff.sim.outcome import TaskOutcome
+from robodiff.sim.tasks import TaskSpec, load_task
 
 HELP = """
 usage: robodiff collect task=T teleop=expert|keyboard|spacemouse|gamepad|leader episodes=N out=PATH
@@ -17,30 +40,121 @@ teleop=expert: the task's scripted expert, attempt i seeded with S+i; failed att
 unless keep_failed=true. teleop=keyboard: arrows/WASD move the target in the terminal (works over
 ssh); Enter/Space ends an episode, x discards it, q stops. Ctrl-C loses only the episode in progress.
 --json: last stdout line {"out", "episodes", "frames", "success_rate", "attempts", ...}
+Keys: robodiff/conf/collect.yaml.
 """
 
 
 @dataclass
 class CollectConfig:
-    task: str | None = None
-    teleop: str = "expert"
-    robot: str | None = None
-    episodes: int = 10
-    out: str | None = None
-    seed: int = 0
-    keep_failed: bool | None = None
-    max_attempts: int | None = None
+    task: Optional[str] = MISSING
+    teleop: str = MISSING
+    robot: Optional[str] = MISSING
+    episodes: int = MISSING
+    out: Optional[str] = MISSING
+    seed: int = MISSING
+    keep_failed: Optional[bool] = MISSING
+    max_attempts: Optional[int] = MISSING
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+
+def open_or_create(out: Path, features: Features, task: TaskSpec) -> EpisodeStore:
+    """Append to an existing store only when its features are exactly the task's."""
+    if not out.exists():
+        return EpisodeStore.create(out, features, fps=float(task.fps), task=task.name, robot=task.robot)
+    store = EpisodeStore.open(out, mode="r+")
+    theirs, ours = features_to_dict(store.features), features_to_dict(features)
+    for key in sorted(set(theirs) | set(ours)):
+        if theirs.get(key) != ours.get(key):
+            raise StoreError(f"{out}: feature '{key}' is {theirs.get(key)} in the store but "
+                             f"{ours.get(key)} for task '{task.name}' (use a new out=PATH)")
+    if store.uncommitted_tail():
+        dropped = store.repair()
+        print(f"{out}: dropped an uncommitted tail from an interrupted recording {dropped}", file=sys.stderr)
+    return store
+
+
+def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, keep_failed: bool,
+            max_attempts: int, safety: Any) -> dict[str, Any]:
+    """Record `episodes` kept episodes with `teleop`; attempt i is reset with seed + i, and a failed
+    attempt is dropped unless `keep_failed`."""
+    features = dict(task.features)
+    robot = task_robot(task, render=True)
+    if not isinstance(robot, TaskRobot):
+        raise UserError(f"task '{task.name}' is a {task.kind} task: collect records MuJoCo tasks")
+    attempts = kept = successes = frames = 0
+    interrupted = False
+    store: EpisodeStore | None = None
+    try:
+        robot.connect()
+        # Connect the device before touching the store: a missing terminal or device leaves no
+        # empty store behind.
+        with make_teleop(teleop, robot) as device:
+            store = open_or_create(out, features, task)
+            recorder = EpisodeRecorder(store)
+            # A person needs the task's control rate; a script runs as fast as the sim goes.
+            human = device.human
+            clock: Any = Clock(1.0 / task.fps) if human else SimulatedClock(1.0 / task.fps)
+            filt = SafetyFilter(resolve_limits(robot, safety), dtype=robot.action_features["action"].dtype)
+            loop = EpisodeLoop(SafeRobot(robot, filt, None, None), clock, desc=f"collect {task.name}")
+            outcome = TaskOutcome(robot, task.max_steps, task.fps)
+            source = TeleopSource(device, "action")
+            if human:
+                print(KEYBOARD_HELP, file=sys.stderr)
+            bar = tqdm(total=episodes, desc=f"collect {task.name} ({teleop})", unit="ep", dynamic_ncols=True)
+            try:
+                while kept < episodes and attempts < max_attempts:
+                    outcome.reset(seed + attempts)
+                    device.reset(seed + attempts)
+                    stats = loop.run(source, outcome=outcome,
+                                     keep=lambda row: recorder.add({k: row[k] for k in features}))
+                    ending = stats["event"] or "done"
+                    attempts += 1
+                    successes += outcome.success
+                    if ending in ("quit", "discard") or not (outcome.success or keep_failed):
+                        recorder.discard()
+                    else:
+                        frames += len(recorder)
+                        recorder.commit()
+                        kept += 1
+                        bar.update(1)
+                    bar.set_postfix(attempts=attempts, success=f"{successes / attempts:.2f}")
+                    if ending == "quit":
+                        break
+            except KeyboardInterrupt:
+                recorder.discard()
+                interrupted = True
+                print(f"\ninterrupted: the episode in progress was dropped, {kept} kept", file=sys.stderr)
+            finally:
+                bar.close()
+    finally:
+        robot.close()
+    if kept < episodes and not interrupted and teleop == "expert":
+        print(f"warning: only {kept} of {episodes} episodes succeeded in {attempts} attempts", file=sys.stderr)
+    assert store is not None
+    return {"out": str(out), "task": task.name, "teleop": teleop, "episodes": kept, "frames": frames,
+            "attempts": attempts, "success_rate": successes / attempts if attempts else 0.0,
+            "store_episodes": store.n_episodes, "store_frames": store.n_frames,
+            "interrupted": interrupted}
+
+
+def collect_with(cfg: Any) -> dict[str, Any]:
+    """`robodiff collect` of a composed config: every value resolved here, once."""
+    task = load_task(require(cfg, "task", "collect"))
+    out = Path(require(cfg, "out", "collect"))
+    if cfg.robot is not None and cfg.robot != task.robot:
+        raise UserError(f"robot={cfg.robot}: task '{task.name}' is simulated with robot '{task.robot}'; "
+                        f"recording on other robots comes with `robodiff deploy record=...`")
+    if cfg.episodes < 1:
+        raise UserError(f"episodes={cfg.episodes}: need at least 1")
+    keep_failed = (cfg.teleop != "expert") if cfg.keep_failed is None else bool(cfg.keep_failed)
+    max_attempts = int(cfg.max_attempts or (2 * cfg.episodes + 10))
+    return collect(task, cfg.teleop, cfg.episodes, out, cfg.seed, keep_failed, max_attempts, cfg.safety)
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
-    from robodiff.sim.collect import collect
-
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (collect takes key=value overrides only)")
-    cfg = validate(compose("collect", overrides), CollectConfig)
-    result = collect(require(cfg, "task", "collect"), teleop=cfg.teleop, episodes=cfg.episodes,
-                     out=require(cfg, "out", "collect"), seed=cfg.seed, robot=cfg.robot,
-                     keep_failed=cfg.keep_failed, max_attempts=cfg.max_attempts)
+    result = collect_with(validate(compose("collect", overrides), CollectConfig))
     print(f"{result['out']}: kept {result['episodes']} episodes ({result['frames']} frames) of "
           f"{result['attempts']} attempts, success rate {result['success_rate']:.2f}; the store now "
           f"holds {result['store_episodes']} episodes")

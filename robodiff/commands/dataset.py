@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from robodiff.data.importers import import_dataset
 from robodiff.data.store import EpisodeStore
+from robodiff.data.validate import validate_store
+from robodiff.data.video import write_video
 from robodiff.errors import UserError
 
 HELP = """
@@ -77,8 +80,6 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
         return view(path, episode, out)
     src, dest = _positionals(sub, rest, ["SRC", "DEST"])
     opts = _options(sub, overrides, {"format": "auto"})
-    from robodiff.data.importers import import_dataset
-
     result = import_dataset(src, dest, opts["format"] or "auto")
     print(f"imported {src} -> {dest}", file=sys.stderr)
     return result
@@ -100,8 +101,6 @@ def info(path: str) -> dict[str, Any]:
 
 
 def validate(path: str, repair: bool) -> dict[str, Any]:
-    from robodiff.data.validate import validate_store
-
     report = validate_store(path, repair=repair)
     print(f"{path}: {'valid' if report['valid'] else 'INVALID'}, {report['episodes']} episodes")
     for problem in report["problems"]:
@@ -110,8 +109,6 @@ def validate(path: str, repair: bool) -> dict[str, Any]:
 
 
 def view(path: str, episode: int, out: str) -> dict[str, Any]:
-    from robodiff.data.video import write_video
-
     with EpisodeStore.open(path) as store:
         ep = store.read_episode(episode)
         fps = float(store.fps or 10)

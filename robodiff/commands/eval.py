@@ -3,15 +3,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
 
 from robodiff.config import compose, require, validate
+from robodiff.control.safety import SafetyConfig
 from robodiff.errors import UserError
+from robodiff.eval import evaluate
+from robodiff.policy.checkpoint import read_chunk_spec
 
 HELP = """
 usage: robodiff eval task=T (checkpoint=RUN_OR_CKPT | policy=expert|random) episodes=N
                      [seed=S] [n_envs=K] [out=DIR] [n_videos=3] [video_size=256] [device=cpu]
-                     [executor=sync|async|rtc|ensemble [latency_s=L]] [--json]
+                     [n_action_steps=K] [executor=sync|async|rtc|ensemble [latency_s=L]]
+                     [safety.rate_limit=true] [--json]
 
 Runs N simulated episodes (episode i reset with seed S+i), in K parallel processes when n_envs>1
 (same results as n_envs=1). Writes DIR/episodes.jsonl (seed, success, score, length per episode),
@@ -19,24 +27,28 @@ DIR/summary.json, DIR/eval.png (score by episode, score histogram) and mp4 video
 n_videos episodes. Prints the success rate with its 95 % Wilson interval and the mean score.
 executor=E runs the policy through deploy's executor E on the episode's clock, every inference
 taking L seconds of it: the success a slower computer would get, repeatable to the episode.
+Actions pass deploy's safety filter (limits, NaN rejection); safety.rate_limit=true adds its
+per-step rate limit, off here by default. Keys: robodiff/conf/eval.yaml.
 --json: last stdout line {"success_rate", "mean_score", "episodes", "ci95", "out", "videos", ...}
 """
 
 
 @dataclass
 class EvalConfig:
-    task: str | None = None
-    checkpoint: str | None = None
-    policy: str | None = None
-    episodes: int = 50
-    seed: int = 0
-    n_envs: int = 1
-    out: str | None = None
-    n_videos: int = 3
-    video_size: int = 256
-    device: str = "cpu"
-    executor: str | None = None
-    latency_s: float = 0.0
+    task: Optional[str] = MISSING
+    checkpoint: Optional[str] = MISSING
+    policy: Optional[str] = MISSING
+    n_action_steps: Optional[int] = MISSING
+    episodes: int = MISSING
+    seed: int = MISSING
+    n_envs: int = MISSING
+    out: Optional[str] = MISSING
+    n_videos: int = MISSING
+    video_size: int = MISSING
+    device: str = MISSING
+    executor: Optional[str] = MISSING
+    latency_s: float = MISSING
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
 def split_policy_override(overrides: list[str]) -> tuple[list[str], str | None]:
@@ -51,22 +63,39 @@ def split_policy_override(overrides: list[str]) -> tuple[list[str], str | None]:
     return rest, policy
 
 
-def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
-    from robodiff.sim.evaluate import evaluate
+def n_action_steps_for(checkpoint: str, override: int | None) -> int:
+    """The run's n_action_steps: `n_action_steps=` when given, else the checkpoint's."""
+    return int(read_chunk_spec(checkpoint).n_action_steps if override is None else override)
 
-    if args:
-        raise UserError(f"unexpected argument '{args[0]}' (eval takes key=value overrides only)")
+
+def eval_config(overrides: list[str]) -> Any:
     rest, policy = split_policy_override(overrides)
     cfg = validate(compose("eval", rest), EvalConfig)
     if policy is not None:
         cfg.policy = policy
+    return cfg
+
+
+def evaluate_with(cfg: Any) -> dict[str, Any]:
+    """`robodiff eval` of a composed config: every value resolved here, once."""
     task = require(cfg, "task", "eval")
     if cfg.checkpoint is None and cfg.policy is None:
         raise UserError("give checkpoint=RUN_OR_CKPT or policy=expert|random")
-    result = evaluate(task, checkpoint=cfg.checkpoint, policy_name=cfg.policy, episodes=cfg.episodes,
-                      seed=cfg.seed, n_envs=cfg.n_envs, out=cfg.out, n_videos=cfg.n_videos,
-                      device=cfg.device, video_size=cfg.video_size, executor=cfg.executor,
-                      latency_s=cfg.latency_s)
+    n_action_steps = None
+    if cfg.checkpoint is not None and Path(cfg.checkpoint).exists():
+        n_action_steps = n_action_steps_for(cfg.checkpoint, cfg.n_action_steps)
+    elif cfg.n_action_steps is not None and cfg.policy is not None:
+        raise UserError(f"n_action_steps= is for a learned policy (checkpoint=PATH), not policy={cfg.policy}")
+    return evaluate(task, cfg.safety, checkpoint=cfg.checkpoint, policy_name=cfg.policy,
+                      n_action_steps=n_action_steps, episodes=cfg.episodes, seed=cfg.seed,
+                      n_envs=cfg.n_envs, out=cfg.out, n_videos=cfg.n_videos, device=cfg.device,
+                      video_size=cfg.video_size, executor=cfg.executor, latency_s=cfg.latency_s)
+
+
+def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
+    if args:
+        raise UserError(f"unexpected argument '{args[0]}' (eval takes key=value overrides only)")
+    result = evaluate_with(eval_config(overrides))
     lo, hi = result["ci95"]
     print(f"{result['task']} / {result['policy']}: success {result['success_rate']:.3f} "
           f"(95 % CI {lo:.3f}-{hi:.3f}) over {result['episodes']} episodes, "

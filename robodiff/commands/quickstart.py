@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from robodiff.errors import UserError
+from robodiff.quickstart import quickstart_config, run_quickstart
 
 HELP = """
 usage: robodiff quickstart [out=DIR] [seed=S] [key=value ...] [--json]
@@ -20,8 +21,6 @@ keys (robodiff/conf/quickstart.yaml): out seed task demos train_steps batch_size
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
-    from robodiff.quickstart import quickstart_config, run_quickstart
-
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (quickstart takes key=value overrides only)")
     result = run_quickstart(quickstart_config(overrides))

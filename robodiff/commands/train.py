@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import DictConfig
+
+from robodiff.config import compose
+from robodiff.errors import UserError
+from robodiff.eval import evaluate
+from robodiff.sim.tasks import load_task
+from robodiff.train.config import load
+from robodiff.train.trainer import Rollout, saved_task, train
+
 HELP = """
 usage: robodiff train task=T dataset=PATH [policy=diffusion_unet|diffusion_transformer|regression]
                       [key=value ...] [--json]
@@ -22,11 +31,29 @@ Many GPUs / nodes: torchrun --nproc_per_node=N -m robodiff.cli train ...   (see 
 """
 
 
-def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any]:
-    from robodiff.errors import UserError
-    from robodiff.train.config import load
-    from robodiff.train.trainer import train
+def rollout_for(task: str, eval_cfg: DictConfig) -> Rollout:
+    """Training's simulated rollouts: `robodiff eval` of the policy being trained, with eval's
+    safety defaults (conf/eval.yaml)."""
+    safety = compose("eval", []).safety
 
+    def rollout(policy: Any, out: str, device: str) -> dict[str, Any]:
+        return evaluate(task, safety, policy=policy, n_action_steps=int(policy.n_action_steps),
+                        episodes=int(eval_cfg.episodes), seed=int(eval_cfg.seed), n_envs=int(eval_cfg.n_envs),
+                        out=out, device=device, n_videos=1)
+    return rollout
+
+
+def train_with(cfg: DictConfig) -> dict[str, Any]:
+    """`robodiff train` of a composed config: the task (and so its observations and rollouts)
+    resolved here, once."""
+    task = saved_task(cfg)
+    if task is None:
+        return train(cfg)
+    spec = load_task(task)
+    return train(cfg, spec.name, list(spec.policy_inputs), rollout_for(task, cfg.eval))
+
+
+def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any]:
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (train takes key=value overrides only)")
-    return train(load(overrides))
+    return train_with(load(overrides))

@@ -1,7 +1,8 @@
-"""The safety layer between the runner and the robot; on by default.
+"""The safety layer between the episode loop and the robot; always on.
 
 - `SafetyFilter`: per-step action filter. Non-finite actions are rejected (the last safe action is
-  held), targets are clamped to the robot's limits, and the change per step is bounded.
+  held), targets are clamped to the robot's limits, and (`rate_limit`, on for deploy, off for eval and
+  collect) the change per step is bounded.
 - `EStop`: an emergency stop set by SIGINT/SIGTERM or by `q`/space on an interactive terminal.
 - `SafeRobot`: owns the robot while the loop runs. Every action goes through the filter; what it
   returns is what `robot.send_action` returned (what was really sent, so that is what is recorded).
@@ -21,37 +22,58 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
+from omegaconf import MISSING
 
 from robodiff.errors import ConfigError
 from robodiff.hal.base import Robot, robot_limits
 
 
+@dataclass
+class SafetyConfig:
+    """`safety.*` of collect, eval and deploy (defaults in their YAML)."""
+
+    low: Optional[list[float]] = MISSING
+    high: Optional[list[float]] = MISSING
+    rate_limit: bool = MISSING
+    max_delta: Optional[Any] = MISSING
+    max_delta_fraction: float = MISSING
+    watchdog_s: Optional[float] = MISSING
+
+
 @dataclass(frozen=True)
 class ActionLimits:
-    """Bounds of the `action` vector in robot units and the largest change allowed per step."""
+    """Bounds of the `action` vector in robot units and, with the rate limit on, the largest
+    change allowed per step (None: no rate limit)."""
 
     low: np.ndarray
     high: np.ndarray
-    max_delta: np.ndarray
+    max_delta: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        low, high, delta = (np.asarray(x, dtype=np.float64).reshape(-1) for x in
-                            (self.low, self.high, self.max_delta))
-        if len(delta) == 1:
-            delta = np.repeat(delta, len(low))
-        if not (len(low) == len(high) == len(delta)):
-            raise ConfigError(f"safety limits have mismatched lengths: low {len(low)}, high {len(high)}, "
-                              f"max_delta {len(delta)}")
-        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low <= high)):
-            raise ConfigError(f"safety limits must be finite with low <= high (low {low.tolist()}, "
-                              f"high {high.tolist()})")
-        if not (np.all(np.isfinite(delta)) and np.all(delta > 0)):
-            raise ConfigError(f"safety.max_delta must be positive and finite, got {delta.tolist()}")
+        low, high = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (self.low, self.high))
+        if len(low) != len(high):
+            raise ConfigError(f"safety limits have mismatched lengths: low {len(low)}, high {len(high)}")
+        # Unbounded entries (a gym env's Box) are allowed without a rate limit, which needs a range.
+        finite = np.all(np.isfinite(low)) and np.all(np.isfinite(high))
+        if np.any(np.isnan(low)) or np.any(np.isnan(high)) or not np.all(low <= high) or (
+                self.max_delta is not None and not finite):
+            raise ConfigError(f"safety limits must be {'finite ' if self.max_delta is not None else ''}"
+                              f"with low <= high (low {low.tolist()}, high {high.tolist()})")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
+        if self.max_delta is None:
+            return
+        delta = np.asarray(self.max_delta, dtype=np.float64).reshape(-1)
+        if len(delta) == 1:
+            delta = np.repeat(delta, len(low))
+        if len(delta) != len(low):
+            raise ConfigError(f"safety limits have mismatched lengths: low {len(low)}, "
+                              f"max_delta {len(delta)}")
+        if not (np.all(np.isfinite(delta)) and np.all(delta > 0)):
+            raise ConfigError(f"safety.max_delta must be positive and finite, got {delta.tolist()}")
         object.__setattr__(self, "max_delta", delta)
 
     @property
@@ -59,56 +81,83 @@ class ActionLimits:
         return len(self.low)
 
 
-def resolve_limits(robot: Robot, low: list[float] | None, high: list[float] | None,
-                   max_delta: list[float] | float | None, max_delta_fraction: float,
-                   action_key: str = "action") -> ActionLimits:
-    """Config values win over the robot's; without a per-step bound, a fraction of the range."""
+def resolve_limits(robot: Robot, safety: Any, action_key: str = "action") -> ActionLimits:
+    """`safety` is the run's `safety.*` block: its values win over the robot's; without a
+    per-step bound, `max_delta_fraction` of the range; no bound at all with `rate_limit` off."""
     published = robot_limits(robot, action_key)
-    low = low if low is not None else published.get("low")
-    high = high if high is not None else published.get("high")
+    low = _floats(safety.low) if safety.low is not None else published.get("low")
+    high = _floats(safety.high) if safety.high is not None else published.get("high")
     if low is None or high is None:
         raise ConfigError(f"robot '{getattr(robot, 'name', '?')}' publishes no action limits: set "
-                          "safety.low= and safety.high= (or safety.enabled=false at your own risk)")
+                          "safety.low= and safety.high=")
+    if not safety.rate_limit:
+        return ActionLimits(np.asarray(low), np.asarray(high))
+    max_delta = _floats(safety.max_delta) if safety.max_delta is not None else published.get("max_delta")
     if max_delta is None:
-        max_delta = published.get("max_delta")
-    if max_delta is None:
-        max_delta = (np.asarray(high, np.float64) - np.asarray(low, np.float64)) * max_delta_fraction
+        max_delta = (np.asarray(high, np.float64) - np.asarray(low, np.float64)) * float(safety.max_delta_fraction)
     return ActionLimits(np.asarray(low), np.asarray(high), np.asarray(max_delta))
 
 
+def _floats(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, float)) else [float(v) for v in value]
+
+
 class SafetyFilter:
-    """Maps any proposed action to one inside the limits and within `max_delta` of the last one."""
+    """Maps any proposed action to one inside the limits and, with a rate limit, within
+    `max_delta` of the last one. A proposal is first cast to the robot's action dtype (what the
+    robot would see); without a rate limit the clamp is exact in float64, so a robot that clamps
+    to the same limits again sends exactly what it would have sent unfiltered."""
 
     def __init__(self, limits: ActionLimits, dtype: str = "float32"):
         self.limits = limits
         self.dtype = np.dtype(dtype)
+        self.rate_limit = limits.max_delta is not None
         # Bounds in the output dtype, so rounding on the cast can never step outside them.
-        self._low = limits.low.astype(self.dtype)
-        self._high = limits.high.astype(self.dtype)
+        self._low = limits.low.astype(self.dtype) if self.rate_limit else limits.low
+        self._high = limits.high.astype(self.dtype) if self.rate_limit else limits.high
         self.last: np.ndarray | None = None
+        self.started = False
         self.rejected = 0
         self.clamped = 0
         self.rate_limited = 0
 
-    def reset(self, current: np.ndarray) -> np.ndarray:
-        """Start from the robot's current position (clamped into the limits)."""
-        current = np.asarray(current, dtype=np.float64).reshape(-1)
+    def _cast(self, action: Any) -> np.ndarray:
+        # A value beyond the dtype's range becomes inf here, and is then rejected as non-finite.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(action).astype(self.dtype).astype(np.float64).reshape(-1)
+
+    def reset(self, current: np.ndarray | None) -> np.ndarray | None:
+        """Start from the robot's current position (clamped into the limits). None: the robot
+        cannot tell it (a gym env without `state`); then there is nothing to hold until an action
+        was sent, and no rate limit to count from."""
+        self.started = True
+        if current is None:
+            if self.rate_limit:
+                raise ValueError("the rate limit needs the robot's current position ('state')")
+            self.last = None
+            return None
+        current = self._cast(current)
         if current.shape != (self.limits.dim,) or not np.all(np.isfinite(current)):
             raise ValueError(f"current position must be {self.limits.dim} finite numbers, got {current}")
-        self.last = np.clip(current, self._low, self._high).astype(self.dtype)
+        self.last = np.clip(current, self._low, self._high)
+        if self.rate_limit:
+            self.last = self.last.astype(self.dtype)
         return self.last
 
     def __call__(self, proposed: np.ndarray | None) -> np.ndarray:
-        if self.last is None:
+        if not self.started:
             raise RuntimeError("SafetyFilter.reset(current_position) was not called")
         if proposed is None:
-            return self.last
-        target = np.asarray(proposed, dtype=np.float64).reshape(-1)
-        if target.shape != self.last.shape or not np.all(np.isfinite(target)):
+            return self._held()
+        target = self._cast(proposed)
+        if target.shape != (self.limits.dim,) or not np.all(np.isfinite(target)):
             self.rejected += 1
-            return self.last
+            return self._held()
         clipped = np.clip(target, self.limits.low, self.limits.high)
         self.clamped += int(np.any(clipped != target))
+        if not self.rate_limit:
+            self.last = clipped
+            return clipped
         last = self.last.astype(np.float64)
         step = np.clip(clipped - last, -self.limits.max_delta, self.limits.max_delta)
         self.rate_limited += int(np.any(step != clipped - last))
@@ -117,6 +166,11 @@ class SafetyFilter:
         over = np.abs(out.astype(np.float64) - last) > self.limits.max_delta
         out[over] = np.nextafter(out[over], self.last[over])
         self.last = np.clip(out, self._low, self._high)
+        return self.last
+
+    def _held(self) -> np.ndarray:
+        if self.last is None:
+            raise RuntimeError("nothing to hold: the robot gave no position and no action was sent yet")
         return self.last
 
     def stats(self) -> dict[str, int]:
@@ -197,40 +251,38 @@ class EStop:
 
 
 class SafeRobot:
-    """The only path from the control loop to the robot while it runs (see the module docstring).
+    """The only path from the episode loop to the robot while it runs (see the module docstring).
 
-    `filter=None` disables the action filter (safety.enabled=false); the watchdog and e-stop stay.
+    `watchdog_s=None` (a simulated clock, where wall time means nothing) runs no watchdog thread;
+    `estop=None`: nothing outside the loop can stop it.
     """
 
-    def __init__(self, robot: Robot, safety_filter: SafetyFilter | None, watchdog_s: float,
-                 estop: EStop, action_key: str = "action", now: Callable[[], float] = time.monotonic):
-        if watchdog_s <= 0:
+    def __init__(self, robot: Robot, safety_filter: SafetyFilter, watchdog_s: float | None,
+                 estop: EStop | None, action_key: str = "action", now: Callable[[], float] = time.monotonic):
+        if watchdog_s is not None and watchdog_s <= 0:
             raise ConfigError(f"safety.watchdog_s must be positive, got {watchdog_s}")
         self.robot = robot
         self.filter = safety_filter
-        self.watchdog_s = float(watchdog_s)
+        self.watchdog_s = None if watchdog_s is None else float(watchdog_s)
         self.estop = estop
         self.action_key = action_key
         self.now = now
         self.lock = threading.RLock()
         self.watchdog_trips = 0
         self.holds = 0
-        self.last_sent: np.ndarray | None = None
         self._last_fresh = now()
         self._held_since_fresh = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, current_position: np.ndarray) -> None:
-        if self.filter is not None:
-            self.filter.reset(current_position)
-        dtype = self.robot.action_features[self.action_key].dtype
-        self.last_sent = np.asarray(current_position, dtype=dtype)
+    def start(self, current_position: np.ndarray | None) -> None:
+        self.filter.reset(current_position)
         self._last_fresh = self.now()
         self._held_since_fresh = False
         self._stop.clear()  # start() again after stop(), e.g. for the next episode
-        self._thread = threading.Thread(target=self._watch, name="safety-watchdog", daemon=True)
-        self._thread.start()
+        if self.watchdog_s is not None:
+            self._thread = threading.Thread(target=self._watch, name="safety-watchdog", daemon=True)
+            self._thread.start()
 
     def get_observation(self) -> dict[str, Any]:
         with self.lock:
@@ -240,16 +292,7 @@ class SafeRobot:
         """Filter and send one action; `None` re-sends the last safe action (hold in place)."""
         # The filter runs under the lock: a watchdog hold resets it from another thread.
         with self.lock:
-            if self.filter is not None:
-                action = self.filter(proposed)
-            elif proposed is None:
-                if self.last_sent is None:
-                    raise RuntimeError("SafeRobot.start(current_position) was not called")
-                action = self.last_sent
-            else:
-                action = np.asarray(proposed)
-            sent = self.robot.send_action({self.action_key: action})
-            self.last_sent = np.asarray(sent[self.action_key])
+            sent = self.robot.send_action({self.action_key: self.filter(proposed)})
             self._last_fresh = self.now()
             self._held_since_fresh = False
         return sent
@@ -258,23 +301,24 @@ class SafeRobot:
         """The robot's own hold (command its current position); any thread (see `Robot.hold`)."""
         with self.lock:
             held = self.robot.hold()
-            if held is not None and self.action_key in held:
-                self.last_sent = np.asarray(held[self.action_key])
-                if self.filter is not None and np.all(np.isfinite(self.last_sent)):
-                    # The robot now targets where it is: rate-limit the next action from there, or
-                    # it could differ from this command by the lag behind the previous target.
-                    self.filter.reset(self.last_sent)
+            if held is not None and self.action_key in held and np.all(np.isfinite(held[self.action_key])):
+                # The robot now targets where it is: rate-limit the next action from there, or
+                # it could differ from this command by the lag behind the previous target.
+                self.filter.reset(held[self.action_key])
             self.holds += 1
             self._held_since_fresh = True
 
     def _watch(self) -> None:
+        assert self.watchdog_s is not None
         poll = min(self.watchdog_s / 10, 0.01)
         while not self._stop.is_set():
-            if self.estop.wait(poll):
+            if self.estop is not None and self.estop.wait(poll):
                 if not self._held_since_fresh:
                     self.hold()
                 self._stop.wait(poll)
                 continue
+            if self.estop is None:
+                self._stop.wait(poll)
             if not self._held_since_fresh and self.now() - self._last_fresh > self.watchdog_s:
                 self.watchdog_trips += 1
                 self.hold()
@@ -286,7 +330,4 @@ class SafeRobot:
             self._thread = None
 
     def stats(self) -> dict[str, int]:
-        out = {"watchdog_trips": self.watchdog_trips, "holds": self.holds}
-        if self.filter is not None:
-            out.update(self.filter.stats())
-        return out
+        return {"watchdog_trips": self.watchdog_trips, "holds": self.holds, **self.filter.stats()}

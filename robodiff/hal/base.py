@@ -53,6 +53,11 @@ class Device(abc.ABC):
         finally:
             self._connected = False
 
+    def close(self) -> None:
+        """Disconnect if connected and release everything held (safe to call twice)."""
+        if self._connected:
+            self.disconnect()
+
     def _require_connected(self) -> None:
         if not self._connected:
             raise NotConnectedError(f"{self.name} is not connected (call connect() or use `with`)")
@@ -144,6 +149,9 @@ class Robot(Device):
 class Teleop(Device):
     """A source of actions: keyboard, SpaceMouse, gamepad, leader arm, scripted expert."""
 
+    # A person drives it: recording runs at the task's control rate, not as fast as the sim goes.
+    human = False
+
     @property
     @abc.abstractmethod
     def action_features(self) -> Features: ...
@@ -151,6 +159,13 @@ class Teleop(Device):
     def get_action(self, observation: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         self._require_connected()
         return self._get_action(observation)
+
+    def reset(self, seed: int | None = None) -> None:
+        """At the start of each episode (a scripted expert draws its choices from `seed`)."""
+
+    def pop_event(self) -> str | None:
+        """`done`, `discard` or `quit` when the person ended the episode since the last call."""
+        return None
 
     @abc.abstractmethod
     def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]: ...

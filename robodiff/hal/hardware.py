@@ -18,7 +18,6 @@ from robodiff.paths import resolve_yaml
 
 # Drivers that exist in this version; a YAML may name another (e.g. `feetech` for the SO-101) and
 # is still loadable as a description, but cannot be connected yet.
-AVAILABLE_DRIVERS = ("mujoco",)
 
 MUJOCO_KEYS = {"name", "driver", "model", "joints", "actuators", "limits", "physics", "cameras"}
 
@@ -42,10 +41,6 @@ class HardwareSpec:
     substeps_per_control: int | None = None
     cameras: dict[str, CameraSpec] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def available(self) -> bool:
-        return self.driver in AVAILABLE_DRIVERS
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -62,11 +62,14 @@ class MujocoRobot(Robot):
     def __init__(self, scene: Path | mujoco.MjModel, hardware: HardwareSpec, *, fps: float = 10.0,
                  realtime: bool = False, cameras: bool = True,
                  observation_features: Features | None = None, observe: Observe | None = None,
-                 initialize: Initialize | None = None, name: str | None = None) -> None:
+                 initialize: Initialize | None = None, name: str | None = None,
+                 now: Callable[[], float] = time.monotonic) -> None:
         """`observation_features`/`observe` replace the default observation (joint positions as
         `state`) with a task's; `initialize` sets the state at connect (e.g. a task's reset).
-        `scene` is an MJCF path or an already loaded model."""
+        `scene` is an MJCF path or an already loaded model. `now`: the wall clock a real-time
+        robot follows (injectable, so tests can move it)."""
         super().__init__()
+        self._now = now
         self.name = name or f"mujoco robot '{hardware.name}'"
         self.hardware = hardware
         self.model = scene if isinstance(scene, mujoco.MjModel) else load_model(scene)
@@ -142,7 +145,7 @@ class MujocoRobot(Robot):
                 initialize(self.model, self.data)
             self.data.ctrl[self._actuators] = self._actuated_positions()
             mujoco.mj_forward(self.model, self.data)
-            self._t0 = time.monotonic()
+            self._t0 = self._now()
 
     # ---- time -----------------------------------------------------------------------------------
     @property
@@ -151,7 +154,7 @@ class MujocoRobot(Robot):
 
     def _catch_up(self) -> None:
         """Realtime pacing: advance physics to the wall clock under the current command."""
-        lag = time.monotonic() - self._t0 - self.data.time
+        lag = self._now() - self._t0 - self.data.time
         if lag > MAX_CATCH_UP_S:
             self._t0 += lag - MAX_CATCH_UP_S
             lag = MAX_CATCH_UP_S
@@ -164,7 +167,7 @@ class MujocoRobot(Robot):
             if not self.realtime:
                 return self.data, self.timestamp, self.timestamp
             self._catch_up()
-            return self.data, self.timestamp, time.monotonic()
+            return self.data, self.timestamp, self._now()
 
     # ---- I/O ------------------------------------------------------------------------------------
     def _get_observation(self) -> dict[str, Any]:

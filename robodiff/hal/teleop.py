@@ -1,8 +1,8 @@
-"""Teleop devices: where `robodiff collect` gets its actions.
+"""Teleop devices: where `robodiff collect` gets a person's actions.
 
-`make_teleop(name, task, env)` looks a device up in `TELEOPS`. The scripted expert and the terminal
-keyboard work today; SpaceMouse, gamepad and leader arm keep their names in the registry and say
-that they come with the hardware extras.
+The terminal keyboard works today; SpaceMouse, gamepad and leader arm keep their names in hal's
+registry and say that they come with the hardware extras. A simulated task's scripted expert is
+a teleop too, registered by `robodiff.sim`.
 """
 
 from __future__ import annotations
@@ -20,41 +20,6 @@ import numpy as np
 from robodiff.errors import UserError
 from robodiff.features import Feature, Features
 from robodiff.hal.base import Teleop, robot_limits
-
-
-class ExpertTeleop(Teleop):
-    """The task's scripted expert as a teleop device; `reset(seed)` starts a new seeded episode."""
-
-    name = "expert"
-
-    def __init__(self, task: Any, env: Any):
-        super().__init__()
-        self.task = task
-        self.env = env
-        self._expert: Any = None
-
-    @property
-    def action_features(self) -> Features:
-        return {"action": self.task.features["action"]}
-
-    def _connect(self) -> None:
-        pass
-
-    def _disconnect(self) -> None:
-        self._expert = None
-
-    def reset(self, seed: int | None = None) -> None:
-        from robodiff.sim.experts import make_expert
-
-        self._expert = make_expert(self.task, seed)
-        self._expert.reset()
-
-    def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]:
-        if self._expert is None:
-            raise RuntimeError("ExpertTeleop.reset(seed) must be called at the start of each episode")
-        if observation is None:
-            raise RuntimeError("the scripted expert needs the current observation")
-        return {"action": np.asarray(self._expert.act(observation, self.env), dtype=np.float32)}
 
 
 # Terminal key codes: arrows arrive as escape sequences (CSI or SS3 form), WASD as letters.
@@ -86,7 +51,7 @@ class KeyboardTeleop(Teleop):
     """
 
     name = "keyboard"
-    human = True  # paced at the task's control rate when recording
+    human = True
 
     def __init__(self, action_feature: Feature, step: float = 0.01,
                  low: np.ndarray | None = None, high: np.ndarray | None = None, fd: int | None = None):
@@ -172,33 +137,26 @@ class KeyboardTeleop(Teleop):
         return {"action": self._target.copy()}
 
 
-def _hardware_extra(name: str) -> Callable[..., Teleop]:
+def hardware_extra(name: str) -> Callable[..., Teleop]:
     def unavailable(*_: Any, **__: Any) -> Teleop:
         raise UserError(f"teleop={name} comes with the hardware extras (`pip install robodiff[hardware]`), "
                         f"which are not available yet; use teleop=keyboard or teleop=expert")
     return unavailable
 
 
-def _keyboard(task: Any, env: Any) -> Teleop:
-    limits = robot_limits(getattr(env, "robot", None))
+def keyboard(robot: Any, action_key: str) -> Teleop:
+    """The keyboard driving `robot`'s action, inside the limits it publishes."""
+    limits = robot_limits(robot, action_key)
     low = np.asarray(limits["low"], np.float32) if limits else None
     high = np.asarray(limits["high"], np.float32) if limits else None
     # One key press moves the target 2 % of the workspace: a few presses per block width.
     step = float(0.02 * np.min(high[:2] - low[:2])) if low is not None and low.size >= 2 else 0.01
-    return KeyboardTeleop(task.features[task.action_key], step=step, low=low, high=high)
+    return KeyboardTeleop(robot.action_features[action_key], step=step, low=low, high=high)
 
 
 TELEOPS: dict[str, Callable[..., Teleop]] = {
-    "expert": ExpertTeleop,
-    "keyboard": _keyboard,
-    "spacemouse": _hardware_extra("spacemouse"),
-    "gamepad": _hardware_extra("gamepad"),
-    "leader": _hardware_extra("leader"),
+    "keyboard": keyboard,
+    "spacemouse": hardware_extra("spacemouse"),
+    "gamepad": hardware_extra("gamepad"),
+    "leader": hardware_extra("leader"),
 }
-
-
-def make_teleop(name: str, task: Any, env: Any) -> Teleop:
-    """A teleop device for `task` (a TaskSpec) driving `env`; unknown names are a UserError."""
-    if name not in TELEOPS:
-        raise UserError(f"unknown teleop '{name}' (known: {', '.join(TELEOPS)})")
-    return TELEOPS[name](task, env)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
-from robodiff.data.normalizer import Normalizer
+from robodiff.policy.normalizer import Normalizer
 from robodiff.errors import ConfigError, UserError
 from robodiff.features import Features
 from robodiff.models.obs_encoder import ObsEncoder

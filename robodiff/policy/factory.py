@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from robodiff.config import to_dict
 from robodiff.errors import ConfigError
 from robodiff.features import Features
 from robodiff.policy.diffusion import DiffusionPolicy, inference_scheduler_name
@@ -18,7 +19,6 @@ POLICIES = {"diffusion_unet": DiffusionPolicy, "diffusion_transformer": Diffusio
 def build_policy(policy_cfg: dict[str, Any], features: Features, stats: dict[str, dict] | None = None) -> nn.Module:
     """stats may be None when the weights (normalizer buffers included) are loaded afterwards."""
     if hasattr(policy_cfg, "items") and not isinstance(policy_cfg, dict):
-        from robodiff.config import to_dict
         policy_cfg = to_dict(policy_cfg)
     name = policy_cfg.get("name")
     if name not in POLICIES:

@@ -1,17 +1,19 @@
-"""`SimEnv`: a task's MujocoRobot plus its reset distribution, score and success (one sim core).
+"""A task's robot: `TaskRobot` (a MuJoCo task) or `GymTaskRobot` (a `kind: gym` task), and `SimEnv`.
 
-    env = make_env("push_block")
+`task_robot(task)` is what `make_robot("<task>")` hands to the episode loop (registered with hal by
+`robodiff.sim`), so a policy sees identical observations in evaluation, collection and deployment.
+A task robot also starts an episode from a seed (`reset_episode`), scores it (`evaluate`) and
+tells its time in the episode (`episode_time_s`): what `TaskOutcome` reads.
+
+`SimEnv` is the same robot behind a reset/step API (the gymnasium adapter and `bench sim` use it):
+
+    env = SimEnv("push_block")
     obs = env.reset(seed=0)                       # feature name -> array, plus `timestamp`
     obs, score, success, done, info = env.step(action)
-    frame = env.render_frame(256)                 # for videos
-
-The same robot, built by `build_task_robot`, is what `make_robot("<task>")` hands to a control
-loop, so a policy sees identical observations in evaluation and in deployment.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -20,67 +22,82 @@ import numpy as np
 from robodiff.errors import UserError
 from robodiff.hal.hardware import load_hardware
 from robodiff.hal.mujoco_robot import MujocoRobot, load_model
+from robodiff.sim.gym_tasks import GymTaskRobot
+from robodiff.sim.logic import TaskLogic
 from robodiff.sim.tasks import LOGIC, TaskSpec, as_task
 
 
-class TaskLogic:
-    """Runtime logic of a MuJoCo task: `observe`, `reset(model, data, rng)`, `evaluate`."""
+class TaskRobot(MujocoRobot):
+    """A MuJoCo task's robot: its observations are the task's, connect() samples a reset.
 
-    def __init__(self, task: TaskSpec, model) -> None:
+    Without real-time pacing each `send_action` is one control period, so the episode's time is
+    the periods stepped since the reset; in real time it is the simulator's time since the reset
+    (time the robot spends holding while a policy thinks counts, as it would on hardware)."""
+
+    def __init__(self, task: TaskSpec, *, render: bool = True, realtime: bool = False,
+                 seed: int | None = None) -> None:
+        if task.kind != "mujoco":
+            raise UserError(f"task '{task.name}' is a {task.kind} task and has no MuJoCo robot")
+        model = load_model(Path(task.scene_path))
         self.task = task
-        self.cfg = task.config
+        self.logic: TaskLogic = LOGIC[task.config["logic"]](task, model)
+        rng = np.random.default_rng(seed)
+        super().__init__(model, load_hardware(task.robot), fps=task.fps, realtime=realtime, cameras=render,
+                         observation_features=task.features, observe=self.logic.observe,
+                         initialize=lambda m, d: self.logic.reset(m, d, rng),
+                         name=f"sim robot of task '{task.name}'")
+        self.steps = 0
 
-    def qpos_adr(self, model, *joints: str) -> np.ndarray:
-        try:
-            return np.array([model.jnt_qposadr[model.joint(j).id] for j in joints])
-        except KeyError as exc:
-            raise UserError(f"{self.task.path}: the scene has no joint {exc}") from None
+    def reset_episode(self, seed: int | None) -> None:
+        """A new episode from the task's reset drawn with `seed` alone."""
+        if not self.is_connected:
+            self.connect()
+        rng = np.random.default_rng(seed)
+        self.reset(lambda m, d: self.logic.reset(m, d, rng))
+        self.steps = 0
 
-    def observe(self, model, data) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    def _send_action(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sent = super()._send_action(action)
+        self.steps += 1
+        return sent
 
-    def reset(self, model, data, rng: np.random.Generator) -> None:
-        raise NotImplementedError
+    @property
+    def episode_time_s(self) -> float:
+        return float(self.data.time) if self.realtime else self.steps / self.fps
 
-    def evaluate(self, model, data) -> tuple[float, bool, dict]:
-        """(score in [0, 1], success, extra info) for the current state."""
-        raise NotImplementedError
+    ended = False  # a MuJoCo task ends on success or at its time budget only
 
+    def evaluate(self) -> tuple[float, bool]:
+        score, success, _ = self.logic.evaluate(self.model, self.data)
+        return float(score), bool(success)
 
-def set_mocap_pose(model, data, body: str, pose: np.ndarray) -> None:
-    """Place a mocap body (e.g. a goal marker) at a planar pose (x, y, angle); z is kept."""
-    mocap = model.body_mocapid[model.body(body).id]
-    data.mocap_pos[mocap, :2] = pose[:2]
-    data.mocap_quat[mocap] = [np.cos(pose[2] / 2), 0.0, 0.0, np.sin(pose[2] / 2)]
-
-
-def _logic_class(task: TaskSpec) -> type[TaskLogic]:
-    module, cls = LOGIC[task.config["logic"]].split(":")
-    return getattr(importlib.import_module(module), cls)
+    def render_frame(self, size: int = 256) -> np.ndarray:
+        camera = next(iter(self.hardware.cameras.values())).camera
+        return self.render(camera, size)
 
 
-def build_task_robot(task: TaskSpec, *, render: bool = True, realtime: bool = False,
-                     seed: int | None = None) -> tuple[MujocoRobot, TaskLogic]:
-    """The task's simulated robot: its observations are the task's, connect() samples a reset."""
-    if task.kind != "mujoco":
-        raise UserError(f"task '{task.name}' is a {task.kind} task and has no MuJoCo robot")
-    hardware = load_hardware(task.robot)
-    model = load_model(Path(task.scene_path))
-    logic = _logic_class(task)(task, model)
-    rng = np.random.default_rng(seed)
-    robot = MujocoRobot(model, hardware, fps=task.fps, realtime=realtime, cameras=render,
-                        observation_features=task.features, observe=logic.observe,
-                        initialize=lambda m, d: logic.reset(m, d, rng),
-                        name=f"sim robot of task '{task.name}'")
-    return robot, logic
+def task_robot(task: str | Path | TaskSpec, *, render: bool = True, realtime: bool = False,
+               seed: int | None = None, **_: Any) -> TaskRobot | GymTaskRobot:
+    """The robot of any task (`make_robot`'s keywords; `fps` is the task's own)."""
+    spec = as_task(task)
+    if spec.kind == "gym":
+        if realtime:
+            raise UserError(f"task '{spec.name}' is a gym env, which steps only when asked: it cannot "
+                            f"run in real time")
+        return GymTaskRobot(spec, render=render)
+    return TaskRobot(spec, render=render, realtime=realtime, seed=seed)
 
 
 class SimEnv:
-    def __init__(self, task: TaskSpec, render: bool = True) -> None:
+    def __init__(self, task: str | Path | TaskSpec, render: bool = True) -> None:
+        task = as_task(task)
         self.task = task
         self.render = render
-        self.robot, self.logic = build_task_robot(task, render=render)
-        self.steps = 0
+        self.robot = TaskRobot(task, render=render)
+
+    @property
+    def logic(self) -> TaskLogic:
+        return self.robot.logic
 
     @property
     def model(self):
@@ -91,27 +108,21 @@ class SimEnv:
         return self.robot.data
 
     def reset(self, seed: int | None = None) -> dict[str, Any]:
-        if not self.robot.is_connected:
-            self.robot.connect()
-        rng = np.random.default_rng(seed)
-        self.robot.reset(lambda m, d: self.logic.reset(m, d, rng))
-        self.steps = 0
+        self.robot.reset_episode(seed)
         return self.robot.get_observation()
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if not self.robot.is_connected:
             raise UserError(f"task '{self.task.name}': call reset() before step()")
         sent = self.robot.send_action({"action": np.asarray(action)})
-        self.steps += 1
         obs = self.robot.get_observation()
         score, success, info = self.logic.evaluate(self.model, self.data)
-        done = success or self.steps >= self.task.max_steps
-        info.update(sent_action=sent["action"], steps=self.steps, is_success=success, score=score)
+        done = success or self.robot.steps >= self.task.max_steps
+        info.update(sent_action=sent["action"], steps=self.robot.steps, is_success=success, score=score)
         return obs, score, success, done, info
 
     def render_frame(self, size: int = 256) -> np.ndarray:
-        camera = next(iter(self.robot.hardware.cameras.values())).camera
-        return self.robot.render(camera, size)
+        return self.robot.render_frame(size)
 
     def close(self) -> None:
         self.robot.close()
@@ -122,12 +133,3 @@ class SimEnv:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def make_env(task: str | Path | TaskSpec, render: bool = True):
-    """A SimEnv for a MuJoCo task, or a GymTaskEnv for a `kind: gym` task (same API)."""
-    spec = as_task(task)
-    if spec.kind == "gym":
-        from robodiff.sim.gym_envs import GymTaskEnv
-
-        return GymTaskEnv(spec, render=render)
-    return SimEnv(spec, render=render)

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from robodiff.errors import UserError
+from robodiff.features import Features
+from robodiff.hal.base import Teleop
 from robodiff.sim.coverage import T_PARTS, distance_to_parts, place, rotation
 from robodiff.sim.tasks import TaskSpec, as_task
 
@@ -26,7 +28,7 @@ from robodiff.sim.tasks import TaskSpec, as_task
 class Expert(Protocol):
     def reset(self) -> None: ...
 
-    def act(self, obs: dict[str, Any], env: Any) -> np.ndarray: ...
+    def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray: ...
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -62,9 +64,9 @@ class PushBlockExpert:
         self.side = float(self.rng.choice([-1.0, 1.0]))
         self.pushing = False
 
-    def act(self, obs: dict[str, Any], env: Any) -> np.ndarray:
-        logic = env.logic
-        agent, block, goal = logic.agent_pos(env.data), logic.block_pos(env.data), logic.goal
+    def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray:
+        logic = robot.logic
+        agent, block, goal = logic.agent_pos(robot.data), logic.block_pos(robot.data), logic.goal
         s, r = logic.half_size, logic.agent_radius
         to_goal = goal - block
         d = _unit(to_goal)
@@ -158,9 +160,9 @@ class PushTExpert:
         gain[~np.all((prepush > 20.0) & (prepush < 492.0), axis=1)] = -np.inf
         return gain
 
-    def act(self, obs: dict[str, Any], env: Any) -> np.ndarray:
-        logic = env.logic
-        agent, pose, goal = logic.agent_pos(env.data), logic.block_pose(env.data), logic.goal
+    def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray:
+        logic = robot.logic
+        agent, pose, goal = logic.agent_pos(robot.data), logic.block_pose(robot.data), logic.goal
         r = logic.agent_radius
         gain = self._gains(pose, goal, r, self._turn(pose, goal))
         if gain.max() <= 0:
@@ -213,3 +215,41 @@ def make_expert(task: str | Path | TaskSpec, seed: int | None = None) -> Expert:
     if logic not in EXPERTS:
         raise UserError(f"task '{spec.name}' has no scripted expert (experts: {', '.join(EXPERTS)})")
     return EXPERTS[logic](spec, seed)
+
+
+class ExpertTeleop(Teleop):
+    """A task robot's scripted expert as a teleop device; `reset(seed)` starts a new seeded
+    episode (the expert's own choices, e.g. which way round the block, drawn from `seed`)."""
+
+    name = "expert"
+
+    def __init__(self, robot: Any, action_key: str = "action"):
+        super().__init__()
+        task = getattr(robot, "task", None)
+        if task is None or task.kind != "mujoco":
+            raise UserError(f"teleop=expert needs a simulated MuJoCo task's robot, not {robot.name}")
+        self.robot = robot
+        self.task = task
+        self.action_key = action_key
+        self._expert: Expert | None = None
+
+    @property
+    def action_features(self) -> Features:
+        return {self.action_key: self.task.features[self.task.action_key]}
+
+    def _connect(self) -> None:
+        make_expert(self.task, None)  # a task without an expert fails here, before anything runs
+
+    def _disconnect(self) -> None:
+        self._expert = None
+
+    def reset(self, seed: int | None = None) -> None:
+        self._expert = make_expert(self.task, seed)
+        self._expert.reset()
+
+    def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]:
+        if self._expert is None:
+            raise RuntimeError("ExpertTeleop.reset(seed) must be called at the start of each episode")
+        if observation is None:
+            raise RuntimeError("the scripted expert needs the current observation")
+        return {self.action_key: np.asarray(self._expert.act(observation, self.robot), dtype=np.float32)}

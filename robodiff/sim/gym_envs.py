@@ -4,10 +4,7 @@
   `gymnasium.make("robodiff/push_block")` gives a Dict observation space (the task's observation
   features; the timestamp goes to `info`) and a Box action space (the robot's limits). The reward is
   the task's score; `terminated` on success, `truncated` at the step limit.
-- A `kind: gym` task YAML wraps any installed gymnasium env (`gym_id`) for evaluation:
-  `observation_map: {gym_key: our_key}` renames its observations to ours, `action_key` names our
-  action feature (default `action`), `success_key` the info entry that flags success
-  (default `is_success`). `GymTaskEnv` gives it the SimEnv API.
+- A `kind: gym` task YAML wraps any installed gymnasium env for evaluation (`robodiff.sim.gym_tasks`).
 """
 
 from __future__ import annotations
@@ -15,17 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from robodiff.errors import UserError
-from robodiff.features import Feature, Features
+from robodiff.features import Feature
 from robodiff.hal.hardware import read_yaml
 from robodiff.paths import asset_dir
 from robodiff.sim.env import SimEnv
-from robodiff.sim.tasks import TaskSpec, load_task
+from robodiff.sim.tasks import load_task
 
 NAMESPACE = "robodiff"
 
@@ -85,87 +80,6 @@ def register_tasks() -> list[str]:
                          kwargs={"task": path.stem})
         ids.append(env_id)
     return ids
-
-
-def _make_gym(cfg: dict[str, Any], path: Path | None, **kw: Any) -> gym.Env:
-    try:
-        return gym.make(cfg["gym_id"], **(cfg.get("gym_kwargs") or {}), **kw)
-    except gym.error.Error as exc:
-        raise UserError(f"{path}: gym_id '{cfg['gym_id']}' cannot be made ({str(exc).splitlines()[0]})") from None
-
-
-def _feature_of(space: gym.Space, what: str, path: Path) -> Feature:
-    if not isinstance(space, spaces.Box):
-        raise UserError(f"{path}: {what} is a {type(space).__name__} space; only Box spaces map to features")
-    if space.dtype == np.uint8 and len(space.shape) == 3:
-        return Feature("image", space.shape, "uint8")
-    return Feature("lowdim", space.shape, "float32")
-
-
-def gym_task_features(cfg: dict[str, Any], path: Path) -> Features:
-    """Our features for a `kind: gym` task; a mapping key the env does not have is named."""
-    mapping = cfg["observation_map"]
-    if not isinstance(mapping, dict) or not mapping:
-        raise UserError(f"{path}: 'observation_map' must map gym observation keys to ours")
-    env = _make_gym(cfg, path)
-    try:
-        obs_space = env.observation_space
-        if not isinstance(obs_space, spaces.Dict):
-            raise UserError(f"{path}: gym env '{cfg['gym_id']}' has a {type(obs_space).__name__} "
-                            "observation space; observation_map needs a Dict space")
-        features: Features = {}
-        for gym_key, ours in mapping.items():
-            if gym_key not in obs_space.spaces:
-                raise UserError(f"{path}: observation_map key '{gym_key}' is not an observation of "
-                                f"gym env '{cfg['gym_id']}' (has: {', '.join(obs_space.spaces)})")
-            features[str(ours)] = _feature_of(obs_space[gym_key], f"observation '{gym_key}'", path)
-        action = _feature_of(env.action_space, "the action space", path)
-        features[str(cfg.get("action_key", "action"))] = Feature("action", action.shape, "float32")
-    finally:
-        env.close()
-    return features
-
-
-class GymTaskEnv:
-    """A `kind: gym` task behind the SimEnv API (reset / step / render_frame / task / close).
-
-    The wrapped env renders what it renders: `render=False` cannot remove image observations."""
-
-    def __init__(self, task: TaskSpec, render: bool = True) -> None:
-        self.task = task
-        cfg = task.config
-        self.mapping = {str(k): str(v) for k, v in cfg["observation_map"].items()}
-        self.success_key = str(cfg.get("success_key", "is_success"))
-        self.env = _make_gym(cfg, task.path, render_mode="rgb_array")
-        self.steps = 0
-
-    @property
-    def action_space(self) -> gym.Space:
-        return self.env.action_space
-
-    def _obs(self, raw: dict[str, Any]) -> dict[str, Any]:
-        obs = {ours: np.asarray(raw[k], dtype=self.task.features[ours].dtype) for k, ours in self.mapping.items()}
-        obs["timestamp"] = self.steps / self.task.fps
-        return obs
-
-    def reset(self, seed: int | None = None) -> dict[str, Any]:
-        self.steps = 0
-        raw, _ = self.env.reset(seed=seed)
-        return self._obs(raw)
-
-    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        raw, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
-        self.steps += 1
-        success = bool(info.get(self.success_key, terminated))
-        done = bool(terminated or truncated or self.steps >= self.task.max_steps)
-        return self._obs(raw), float(reward), success, done, {**info, "steps": self.steps}
-
-    def render_frame(self, size: int = 256) -> np.ndarray:
-        frame = np.asarray(self.env.render())
-        return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-
-    def close(self) -> None:
-        self.env.close()
 
 
 register_tasks()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodiff.sim.env import TaskLogic, set_mocap_pose
+from robodiff.sim.logic import TaskLogic, set_mocap_pose
 
 
 class PushBlock(TaskLogic):

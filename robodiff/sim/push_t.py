@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from robodiff.sim.coverage import T_PARTS, coverage, distance_to_parts, place
-from robodiff.sim.env import TaskLogic, set_mocap_pose
+from robodiff.sim.logic import TaskLogic, set_mocap_pose
 
 
 class PushT(TaskLogic):

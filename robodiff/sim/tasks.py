@@ -17,12 +17,13 @@ from robodiff.errors import UserError
 from robodiff.features import Feature, Features
 from robodiff.hal.hardware import load_hardware, read_yaml
 from robodiff.paths import resolve_yaml
+from robodiff.sim.gym_tasks import gym_task_features
+from robodiff.sim.logic import TaskLogic
+from robodiff.sim.push_block import PushBlock
+from robodiff.sim.push_t import PushT
 
-# logic name -> "module:class" implementing reset/observe/evaluate for a MuJoCo task
-LOGIC = {
-    "push_t": "robodiff.sim.push_t:PushT",
-    "push_block": "robodiff.sim.push_block:PushBlock",
-}
+# logic name -> the class implementing reset/observe/evaluate for a MuJoCo task
+LOGIC: dict[str, type[TaskLogic]] = {"push_t": PushT, "push_block": PushBlock}
 
 COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features", "policy_inputs"}
 KIND_KEYS = {
@@ -109,8 +110,6 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     except (TypeError, ValueError):
         raise UserError(f"{path}: 'fps' and 'max_steps' must be numbers") from None
     if kind == "gym":
-        from robodiff.sim.gym_envs import gym_task_features
-
         features = gym_task_features(cfg, path)
         scene, robot = None, None
     else:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from robodiff.data.importers import import_dataset
 from robodiff.data.store import EpisodeStore
 from robodiff.errors import StoreError, UserError
 from robodiff.features import Features
@@ -38,31 +39,10 @@ def resolve_store(dataset: str | os.PathLike, may_import: bool = True) -> Path:
                 pass  # a half-written import (killed run): import again below
         if not may_import:
             raise UserError(f"dataset '{src}': imported store {cached} is missing") from None
-        try:
-            from robodiff.data.importers import import_dataset
-        except ImportError:
-            raise store_error from None
         if cached.exists():
             shutil.rmtree(cached)
         import_dataset(str(src), str(cached))
         return cached
-
-
-def task_obs_keys(task: Any) -> tuple[str, list[str] | None]:
-    """(task name, the task's policy inputs) for a task name / path; keys None if unknown.
-
-    Task loading belongs to the simulation package; when it is absent or the task is not a
-    simulated one, the task is just a name and the dataset's features decide.
-    """
-    if task is None:
-        return "", None
-    name = str(task)
-    try:
-        from robodiff.sim.tasks import load_task
-    except ImportError:
-        return Path(name).stem, None
-    spec = load_task(name)
-    return spec.name, list(spec.policy_inputs)
 
 
 def choose_obs_keys(store_features: Features, store_path: Path, task_name: str,

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,21 +29,24 @@ from tqdm import tqdm
 
 from robodiff.config import to_dict
 from robodiff.data.dataset import WindowDataset
-from robodiff.data.normalizer import cached_stats
+from robodiff.data.stats import cached_stats
 from robodiff.data.store import EpisodeStore
 from robodiff.data.windows import split_episodes
 from robodiff.errors import ConfigError, UserError
 from robodiff.features import Features, features_to_dict
 from robodiff.models.ema import EMAModel
 from robodiff.policy.factory import build_policy
-from robodiff.train import checkpoint as ckpt_io
+from robodiff.policy import checkpoint as ckpt_io
 from robodiff.train import distributed as dist_util
 from robodiff.train.config import check, tri_state
-from robodiff.train.data import choose_obs_keys, resolve_store, task_obs_keys
+from robodiff.train.data import choose_obs_keys, resolve_store
 from robodiff.train.metrics import MetricsLogger, plot_loss
+from robodiff.train.rng import capture_rng, restore_rng
 from robodiff.train.sampler import ResumableSampler
 
 RUNS_DIR = "runs"
+# rollout(policy, out_dir, device) -> an evaluation summary (the command builds it on `robodiff.eval`)
+Rollout = Callable[[Any, str, str], dict[str, Any]]
 SUMMARY_FILE = "summary.json"
 
 
@@ -66,6 +70,7 @@ class Run:
     run_dir: Path
     task_arg: str | None  # as given (name or YAML path); None when the dataset alone decides
     task_name: str
+    rollout: Rollout | None
     store_path: Path
     policy: nn.Module
     features: Features
@@ -115,10 +120,19 @@ def _image_bytes(store: EpisodeStore, keys: list[str]) -> int:
     return sum(store.n_frames * int(np.prod(store.features[k].shape)) for k in keys)
 
 
-def prepare(cfg: DictConfig, info: dist_util.DistInfo) -> Run:
+def saved_task(cfg: DictConfig) -> str | None:
+    """The task a run trains for: `task=`, else (resume) the one its config.yaml saved."""
+    if cfg.task is not None or not cfg.resume or not cfg.run_dir:
+        return cfg.task
+    saved = Path(cfg.run_dir) / "config.yaml"
+    return OmegaConf.load(saved).task if saved.is_file() else None
+
+
+def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys: list[str] | None,
+            rollout: Rollout | None) -> Run:
     t = cfg.training
     run_dir, resume_from, saved = _resolve_run(cfg, info)
-    task = cfg.task if cfg.task is not None else (saved.task if saved is not None else None)
+    task = saved_task(cfg)
     dataset = cfg.dataset if cfg.dataset is not None else (saved.dataset if saved is not None else None)
     if dataset is None:
         raise ConfigError("`dataset=` is required (an episode store or an importable dataset)")
@@ -129,7 +143,6 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo) -> Run:
     if store_path is None:
         store_path = resolve_store(dataset, may_import=False)
 
-    task_name, task_keys = task_obs_keys(task)
     if resume_from is not None:
         # The network must be the one the checkpoint holds, whatever the policy group says now.
         policy_cfg = dict(ckpt_io.read_policy_meta(resume_from)["policy"])
@@ -192,7 +205,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo) -> Run:
         run_dir = Path(dist_util.broadcast_object(info, str(default_run_dir(task_name))))
     meta = {"policy": policy.policy_cfg, "features": features_to_dict(features), "task": task_name,
             "stats": stats, "dataset": str(store_path), **meta_extra}
-    return Run(cfg=cfg, info=info, run_dir=run_dir, task_arg=task, task_name=task_name, store_path=store_path, policy=policy,
+    return Run(cfg=cfg, info=info, run_dir=run_dir, task_arg=task, task_name=task_name, rollout=rollout, store_path=store_path, policy=policy,
                features=features, stats=stats, train_ds=train_ds, val_ds=val_ds, batch_size=batch_size,
                num_workers=num_workers, amp=amp, resume_from=resume_from, meta=meta)
 
@@ -243,18 +256,12 @@ def validation_loss(run: Run, model: nn.Module) -> float | None:
 
 
 def rollout_eval(run: Run, policy: nn.Module, step: int) -> dict[str, float]:
-    """Simulated episodes with the EMA policy (rank 0); empty when simulation is not available."""
-    try:
-        from robodiff.sim.evaluate import evaluate
-    except ImportError as exc:
-        warnings.warn(f"eval.every_steps is set but simulated evaluation is unavailable ({exc}); skipping",
-                      stacklevel=2)
+    """Simulated episodes with the EMA policy (rank 0), through the command's rollout callback."""
+    if run.rollout is None:
+        warnings.warn("eval.every_steps is set but this task has no simulated rollouts; skipping", stacklevel=2)
         return {}
-    e = run.cfg.eval
-    with _fork_rng(run, int(e.seed)):
-        result = evaluate(task=run.task_name, policy=policy, episodes=int(e.episodes), seed=int(e.seed),
-                          n_envs=int(e.n_envs), out=str(run.run_dir / "eval" / f"step_{step}"),
-                          device=str(run.info.device), n_videos=1)
+    with _fork_rng(run, int(run.cfg.eval.seed)):
+        result = run.rollout(policy, str(run.run_dir / "eval" / f"step_{step}"), str(run.info.device))
     policy.eval()
     return {f"eval.{k}": float(v) for k, v in result.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -271,10 +278,10 @@ def _train_state(step: int, optimizer: torch.optim.Optimizer, scheduler: Any, em
 def save(run: Run, step: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None,
          epoch: int, batch_in_epoch: int) -> Path | None:
     # Every rank's RNG is gathered (a collective, so all ranks call this) and rank 0 writes.
-    rngs = [ckpt_io.capture_rng()]
+    rngs = [capture_rng()]
     if run.info.enabled:
         rngs = [None] * run.info.world_size
-        torch.distributed.all_gather_object(rngs, ckpt_io.capture_rng())
+        torch.distributed.all_gather_object(rngs, capture_rng())
     if not run.info.is_main:
         return None
     state = _train_state(step, optimizer, scheduler, ema, epoch, batch_in_epoch, run.batch_size, rngs,
@@ -300,7 +307,7 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EM
     sampler_state = state["sampler"]
     same_layout = state["world_size"] == run.info.world_size and sampler_state["batch_size"] == run.batch_size
     if same_layout:
-        ckpt_io.restore_rng(state["rng"][run.info.rank])
+        restore_rng(state["rng"][run.info.rank])
         return int(state["step"]), int(sampler_state["epoch"]), int(sampler_state["batch"])
     # A different number of processes or batch size cannot replay the same batches: start a new epoch.
     if run.info.is_main:
@@ -310,14 +317,19 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EM
 
 
 # ------------------------------------------------------------------------------ the loop
-def train(cfg: DictConfig | dict) -> dict[str, Any]:
-    """Train as configured by `conf/train.yaml`; returns the summary (the same on every rank)."""
+def train(cfg: DictConfig | dict, task_name: str = "", task_keys: list[str] | None = None,
+          rollout: Rollout | None = None) -> dict[str, Any]:
+    """Train as configured by `conf/train.yaml`; returns the summary (the same on every rank).
+
+    `task_name` / `task_keys`: the task's name and the observations a policy for it reads (the
+    command resolves them; none: the dataset's features decide). `rollout(policy, out_dir,
+    device) -> summary` runs the simulated episodes of `eval.every_steps`."""
     cfg = check(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
     if cfg.training.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     info = dist_util.init(str(cfg.device))
     try:
-        run = prepare(cfg, info)
+        run = prepare(cfg, info, task_name, task_keys, rollout)
         return _loop(run)
     finally:
         dist_util.shutdown(info)

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -27,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from robodiff.errors import ConfigError, UserError
 from robodiff.features import features_from_dict
 from robodiff.policy.base import ChunkSpec
+from robodiff.policy.diffusion import inference_scheduler_name
+from robodiff.policy.factory import build_policy, samples_with_ddim
 
 WEIGHTS = "model.safetensors"
 META = "policy.json"
@@ -200,8 +200,6 @@ def read_chunk_spec(path: str | os.PathLike) -> ChunkSpec:
 
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> torch.nn.Module:
     """Rebuild the policy from `policy.json` and load its (EMA) weights; returned in eval mode."""
-    from robodiff.policy.factory import build_policy
-
     ckpt = resolve_checkpoint(path)
     meta = _checked_meta(ckpt)
     policy = build_policy(meta["policy"], features_from_dict(meta["features"]), meta.get("stats"))
@@ -214,37 +212,8 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema
     return policy.to(device).eval()
 
 
-# ------------------------------------------------------------------ RNG state (weights_only-safe)
-def capture_rng() -> dict[str, Any]:
-    """Python / numpy / torch (and CUDA) generator states as tensors, ints and lists."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [list(random.getstate()[1]), random.getstate()[0]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    internal, version = state["python"]
-    random.setstate((version, tuple(internal), None))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def require_guided_checkpoint(checkpoint: str | os.PathLike) -> None:
     """`executor=rtc` needs guided sampling: a diffusion policy sampled with DDIM (the fast sampler)."""
-    from robodiff.policy.diffusion import inference_scheduler_name
-    from robodiff.policy.factory import samples_with_ddim
-
     policy_cfg = read_policy_meta(checkpoint).get("policy", {})
     if not samples_with_ddim(policy_cfg):
         raise ConfigError(f"executor=rtc needs a diffusion policy sampled with DDIM; checkpoint "

@@ -1,0 +1,142 @@
+"""Evaluate a controller in simulation: N seeded episodes, success rate with a Wilson interval."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from robodiff.control.executors import check_executor, check_n_action_steps
+from robodiff.errors import UserError
+from robodiff.eval.report import default_out, plot_results
+from robodiff.eval.rollouts import COUNTERS, EvalSpec, rows
+from robodiff.eval.stats import wilson_interval
+from robodiff.policy.checkpoint import read_chunk_spec, require_guided_checkpoint
+from robodiff.policy.fast_inference import for_deployment
+from robodiff.policy.guided import require_guided
+from robodiff.sim.tasks import as_task
+
+POLICY_NAMES = ("expert", "random")
+
+
+def check_policy_features(features: Any, obs_keys: list[str], action_key: str, task: Any) -> None:
+    """A learned policy's observation and action features must be the task's (same name, shape)."""
+    for key in [*obs_keys, action_key]:
+        theirs = task.features.get(key)
+        if theirs is None:
+            raise UserError(f"checkpoint expects feature '{key}', which task '{task.name}' does not have "
+                            f"(task features: {', '.join(task.features)})")
+        ours = features[key]
+        if tuple(ours.shape) != tuple(theirs.shape):
+            raise UserError(f"feature '{key}': checkpoint expects shape {list(ours.shape)}, task "
+                            f"'{task.name}' gives {list(theirs.shape)}")
+
+
+def _plain(safety: Any) -> dict[str, Any]:
+    if isinstance(safety, DictConfig):
+        return OmegaConf.to_container(safety, resolve=True)  # type: ignore[return-value]
+    return asdict(safety) if is_dataclass(safety) else dict(safety)
+
+
+def evaluate(task: Any, safety: Any, policy: Any = None, checkpoint: str | os.PathLike | None = None,
+             policy_name: str | None = None, n_action_steps: int | None = None, episodes: int = 50,
+             seed: int = 0, n_envs: int = 1, out: str | os.PathLike | None = None, n_videos: int = 3,
+             device: str = "cpu", video_size: int = 256, executor: str | None = None,
+             latency_s: float = 0.0) -> dict[str, Any]:
+    """Run `episodes` seeded episodes of one controller (exactly one of policy / checkpoint /
+    policy_name="expert"|"random") and write episodes.jsonl, summary.json, eval.png and videos.
+    A learned policy needs `n_action_steps` (resolved by the caller); `safety` is the `safety.*`
+    block. `executor`: run a learned policy through that deployment executor, inference taking
+    `latency_s` of the episode's clock."""
+    chosen = [x for x in (policy, checkpoint, policy_name) if x is not None]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of checkpoint=PATH or policy=expert|random")
+    if policy_name is not None and policy_name not in POLICY_NAMES:
+        raise UserError(f"unknown policy '{policy_name}' for eval (use policy=expert|random or checkpoint=PATH)")
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise UserError(f"checkpoint '{checkpoint}' does not exist")
+    if episodes < 1:
+        raise UserError(f"episodes={episodes}: need at least 1")
+    if n_envs < 1:
+        raise UserError(f"n_envs={n_envs}: need at least 1")
+    if executor is not None:
+        check_executor(executor)
+        if policy_name is not None:
+            raise UserError(f"executor={executor} runs a learned policy: give checkpoint=PATH, not policy={policy_name}")
+    if latency_s < 0 or not math.isfinite(latency_s):
+        raise UserError(f"latency_s={latency_s}: need a finite number >= 0")
+    if latency_s > 0 and executor is None:
+        raise UserError("latency_s= needs executor=sync|async|rtc|ensemble (plain evaluation infers in no time)")
+    spec_task = as_task(task)
+    if executor is not None and "state" not in spec_task.features:
+        raise UserError(f"executor= holds the robot where its 'state' says it is; task '{spec_task.name}' "
+                        f"observes no 'state'")
+    if policy_name is None:
+        chunk = read_chunk_spec(checkpoint) if checkpoint is not None else policy
+        check_policy_features(chunk.features, list(chunk.obs_keys), chunk.action_key, spec_task)
+        if n_action_steps is None:
+            raise UserError("a learned policy needs n_action_steps")
+        check_n_action_steps(chunk, n_action_steps)
+        if executor == "rtc":  # here, not in a worker that would only crash
+            if checkpoint is not None:
+                require_guided_checkpoint(str(checkpoint))
+            else:
+                require_guided(for_deployment(policy))
+    label = policy_name or (str(checkpoint) if checkpoint is not None else type(policy).__name__)
+    out_dir = Path(out) if out is not None else default_out("eval", f"{spec_task.name}_{Path(label).name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_envs = min(n_envs, episodes)
+    spec = EvalSpec(task=task if isinstance(task, (str, os.PathLike)) else spec_task,
+                    controller=policy_name or "policy",
+                    checkpoint=None if checkpoint is None else str(checkpoint), policy=policy,
+                    n_action_steps=n_action_steps, device=device, out=str(out_dir), n_videos=n_videos,
+                    video_size=video_size, safety=_plain(safety),
+                    threads=max(1, (os.cpu_count() or 1) // n_envs) if n_envs > 1 else None,
+                    executor=executor, latency_s=float(latency_s))
+    jobs = [(i, seed + i) for i in range(episodes)]
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    with open(out_dir / "episodes.jsonl", "w") as log:
+        bar = tqdm(rows(spec, jobs, n_envs), total=episodes, desc=f"eval {spec_task.name}",
+                   unit="ep", dynamic_ncols=True)
+        for row in bar:
+            results.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
+    successes = sum(r["success"] for r in results)
+    lo, hi = wilson_interval(successes, len(results))
+    summary = {
+        "task": spec_task.name,
+        "policy": label,
+        "success_rate": successes / len(results),
+        "mean_score": float(np.mean([r["score"] for r in results])),
+        "episodes": len(results),
+        "successes": successes,
+        "ci95": [lo, hi],
+        "mean_length": float(np.mean([r["length"] for r in results])),
+        "seed": seed,
+        "n_envs": n_envs,
+        "n_action_steps": n_action_steps,
+        "executor": executor,
+        "latency_s": latency_s,
+        "safety_rate_limit": bool(spec.safety["rate_limit"]),
+        **({k: sum(r[k] for r in results) for k in COUNTERS} if executor is not None else {}),
+        "seconds": round(time.perf_counter() - started, 2),
+        "out": str(out_dir),
+        "videos": [r["video"] for r in results if "video" in r],
+        "plot": str(out_dir / "eval.png"),
+    }
+    plot_results(results, out_dir / "eval.png",
+                 f"{spec_task.name} / {Path(label).name}: success {summary['success_rate']:.2f} "
+                 f"[{lo:.2f}, {hi:.2f}], mean score {summary['mean_score']:.3f}")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
