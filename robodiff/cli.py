@@ -87,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     result = dict(result or {})
     code = int(result.pop("_exit_code", 0))
-    if json_mode:
+    # Under torchrun every rank returns the same summary: one line on stdout, from rank 0, so two
+    # processes sharing the pipe never interleave their JSON.
+    if json_mode and os.environ.get("RANK", "0") == "0":
         sys.stdout.flush()
-        print(json.dumps(result, default=_json_default))
+        print(json.dumps(result, default=_json_default), flush=True)
     return code
 
 
