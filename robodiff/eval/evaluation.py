@@ -6,7 +6,6 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +39,14 @@ def check_policy_features(features: Any, obs_keys: list[str], action_key: str, t
                             f"'{task.name}' gives {list(theirs.shape)}")
 
 
-def _plain(safety: Any) -> dict[str, Any]:
-    if isinstance(safety, DictConfig):
-        return OmegaConf.to_container(safety, resolve=True)  # type: ignore[return-value]
-    return asdict(safety) if is_dataclass(safety) else dict(safety)
-
-
-def evaluate(task: Any, safety: Any, policy: Any = None, checkpoint: str | os.PathLike | None = None,
+def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str | os.PathLike | None = None,
              policy_name: str | None = None, n_action_steps: int | None = None, episodes: int = 50,
              seed: int = 0, n_envs: int = 1, out: str | os.PathLike | None = None, n_videos: int = 3,
              device: str = "cpu", video_size: int = 256, executor: str | None = None,
              latency_s: float = 0.0) -> dict[str, Any]:
     """Run `episodes` seeded episodes of one controller (exactly one of policy / checkpoint /
     policy_name="expert"|"random") and write episodes.jsonl, summary.json, eval.png and videos.
-    A learned policy needs `n_action_steps` (resolved by the caller); `safety` is the `safety.*`
+    A learned policy needs `n_action_steps` (resolved by the caller); `safety` is the composed `safety.*`
     block. `executor`: run a learned policy through that deployment executor, inference taking
     `latency_s` of the episode's clock."""
     chosen = [x for x in (policy, checkpoint, policy_name) if x is not None]
@@ -98,7 +91,8 @@ def evaluate(task: Any, safety: Any, policy: Any = None, checkpoint: str | os.Pa
                     controller=policy_name or "policy",
                     checkpoint=None if checkpoint is None else str(checkpoint), policy=policy,
                     n_action_steps=n_action_steps, device=device, out=str(out_dir), n_videos=n_videos,
-                    video_size=video_size, safety=_plain(safety),
+                    video_size=video_size,
+                    safety=OmegaConf.to_container(safety, resolve=True),
                     threads=max(1, (os.cpu_count() or 1) // n_envs) if n_envs > 1 else None,
                     executor=executor, latency_s=float(latency_s))
     jobs = [(i, seed + i) for i in range(episodes)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from robodiff.data.importers import import_dataset
 from robodiff.data.store import EpisodeStore
@@ -29,7 +28,7 @@ def resolve_store(dataset: str | os.PathLike, may_import: bool = True) -> Path:
     try:
         EpisodeStore.open(src).close()
         return src
-    except StoreError as store_error:
+    except StoreError:
         cached = imported_path(src)
         if cached.exists():
             try:
