@@ -2,13 +2,15 @@
 
 Each command lives in `robodiff/commands/<name>.py` with `HELP` (text) and
 `run(args, overrides, json_mode) -> dict`. With `--json` the returned dict is printed as the last
-line of stdout; human output goes before it or to stderr. User errors print one line and exit 2.
+line of stdout (strict JSON: a NaN or infinite figure is `null`); human output goes before it or
+to stderr. User errors print one line on stderr and exit 2 (with `--json`, `{"error": ...}` too).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -52,7 +54,10 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str], set[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        print(main_help(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(main_help())
         return 0
     if argv[0] == "--version":
@@ -75,13 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"unknown flag {unknown[0]} for `robodiff {command}`")
         result: dict[str, Any] = module.run(positional, overrides, flags)
     except UserError as exc:
-        print(f"robodiff {command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(command, str(exc), json_mode)
     except OSError as exc:
         # An output path the user chose cannot be written (missing parent, read-only, full disk).
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"robodiff {command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return _fail(command, f"{where}{exc.strerror or exc}", json_mode)
     except KeyboardInterrupt:
         print(f"robodiff {command}: interrupted", file=sys.stderr)
         return 130
@@ -90,9 +93,35 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun every rank returns the same summary: one line on stdout, from rank 0, so two
     # processes sharing the pipe never interleave their JSON.
     if json_mode and os.environ.get("RANK", "0") == "0":
-        sys.stdout.flush()
-        print(json.dumps(result, default=_json_default), flush=True)
+        _print_json(result)
     return code
+
+
+def _fail(command: str, message: str, json_mode: bool) -> int:
+    # One line, whatever the message held (a child process's error can span several).
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"robodiff {command}: error: {line}", file=sys.stderr)
+    if json_mode and os.environ.get("RANK", "0") == "0":
+        _print_json({"error": line, "exit_code": 2})
+    return 2
+
+
+def _print_json(result: dict[str, Any]) -> None:
+    sys.stdout.flush()
+    print(json.dumps(_strict(result), default=_json_default, allow_nan=False), flush=True)
+
+
+def _strict(obj: Any) -> Any:
+    """JSON has no NaN or Infinity: a figure that is not finite is unknown, `null`."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _strict(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,19 +1,23 @@
 """Hydra composition of each command's config: `robodiff/conf/<command>.yaml` plus overrides.
 
 The composed config is in struct mode, so an unknown key is an error that names it; typed schemas
-(dataclasses) are merged in with `validate` so that a wrong type also names its key.
+(dataclasses) are merged in with `validate` so that a wrong type also names its key, and so does a
+number outside the range its field declares (`bounded`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from robodiff.errors import ConfigError
@@ -41,7 +45,12 @@ def compose(command: str, overrides: list[str]) -> DictConfig:
         key = _override_key(text)
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         if key and ("not in struct" in text or "Could not override" in text):
-            raise ConfigError(f"unknown config key '{key}' for `robodiff {command}`") from None
+            raise ConfigError(f"unknown config key '{key}' for `robodiff {command.replace('_', ' ')}`") from None
+        group = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+        if group:
+            options = sorted(p.stem for p in (CONF_DIR / group.group(1)).glob("*.yaml"))
+            raise ConfigError(f"{group.group(1)}={group.group(2)}: no such {group.group(1)} "
+                              f"(one of {', '.join(options)})") from None
         if "Could not find" in text or "Could not load" in text:
             raise ConfigError(first) from None
         raise ConfigError(f"bad override ({first})") from None
@@ -51,8 +60,58 @@ def compose(command: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def bounded(default: Any = MISSING, *, gt: float | None = None, ge: float | None = None,
+            lt: float | None = None, le: float | None = None, factory: Any = None) -> Any:
+    """A schema field holding a number (or a list of numbers, each checked) that must lie in the
+    given range; `validate` names the key of a value outside it. None (where the field allows it)
+    is never out of range."""
+    metadata = {"bounds": {"gt": gt, "ge": ge, "lt": lt, "le": le}}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def unbounded(default: Any = MISSING, factory: Any = None) -> Any:
+    """A numeric schema field where any value means something (a seed offset, a coordinate)."""
+    metadata = {"bounds": None}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def range_text(bounds: dict[str, float | None]) -> str:
+    words = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}"}
+    return " and ".join(words[k].format(v) for k, v in bounds.items() if v is not None)
+
+
+def _in_range(value: Any, bounds: dict[str, float | None]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    checks = {"gt": value.__gt__, "ge": value.__ge__, "lt": value.__lt__, "le": value.__le__}
+    return all(checks[k](v) for k, v in bounds.items() if v is not None)
+
+
+def check_bounds(cfg: DictConfig, schema: type, prefix: str = "") -> None:
+    """Every `bounded` field of `schema` (nested dataclasses too) within its range."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        value = cfg.get(f.name) if f.name in cfg else None
+        if dataclasses.is_dataclass(hints[f.name]):
+            check_bounds(value, hints[f.name], f"{key}.")
+            continue
+        bounds = f.metadata.get("bounds")
+        if not bounds or value is None:
+            continue
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        bad = [v for v in values if v is not None and not _in_range(v, bounds)]
+        if bad:
+            raise ConfigError(f"config key '{key}' must be {range_text(bounds)}, got {bad[0]!r}")
+
+
 def validate(cfg: DictConfig, schema: type, where: str = "") -> DictConfig:
-    """Merge `cfg` into a dataclass schema: unknown keys and wrong types name the key."""
+    """Merge `cfg` into a dataclass schema: unknown keys, wrong types and numbers outside their
+    declared range name the key."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except OmegaConfBaseException as exc:
@@ -61,6 +120,7 @@ def validate(cfg: DictConfig, schema: type, where: str = "") -> DictConfig:
         msg = str(exc).strip().splitlines()[0]
         raise ConfigError(f"config key '{prefix}{key}': {msg}") from None
     OmegaConf.set_struct(merged, True)
+    check_bounds(merged, schema, f"{where}." if where else "")
     return merged
 
 

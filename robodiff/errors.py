@@ -9,6 +9,11 @@ class StoreError(UserError):
     """An episode store is malformed or cannot be opened."""
 
 
+class NotAStoreError(StoreError):
+    """The path is not an episode store at all (a foreign dataset may be imported from it), as
+    opposed to an episode store that is damaged."""
+
+
 class ConfigError(UserError):
     """A config key is unknown, mistyped or inconsistent."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from robodiff.errors import UserError
@@ -25,3 +28,23 @@ def resolve_yaml(kind: str, name: str) -> Path:
         raise UserError(f"unknown {kind[:-1] if kind.endswith('s') else kind} '{name}' "
                         f"(known: {', '.join(known) or 'none'}; or pass a path to a .yaml file)")
     return path
+
+
+@contextmanager
+def replaced(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix, so writers that go by it still work);
+    it replaces `path` in one rename when the block completes, and is removed when it fails, so
+    an earlier file at `path` is never left half-overwritten."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with replaced(path) as tmp:
+        tmp.write_text(text)

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from robodiff.commands.collect import CollectConfig, collect_with
-from robodiff.commands.eval import eval_config, evaluate_with
+from robodiff.commands.eval import evaluate_with
+from robodiff.commands.eval import load_config as eval_load_config
 from robodiff.commands.train import train_with
-from robodiff.config import compose, validate
+from robodiff.config import bounded, compose, validate
 from robodiff.data.store import EpisodeStore
-from robodiff.errors import ConfigError
+from robodiff.paths import write_text_atomic
 
 
 def log(msg: str) -> None:
@@ -89,6 +90,9 @@ def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
     train_cfg = compose("train", [*overrides, f"run_dir={partial}"])
     log("training: " + " ".join(overrides[1:]))
     summary = train_with(train_cfg)
+    if summary.get("interrupted"):
+        # train saved where it stopped; for the quickstart an unfinished run is no result.
+        raise KeyboardInterrupt
     (partial / "quickstart_train.json").write_text(json.dumps(summary, default=str))
     _finish_stage(partial, final, settings)
     return {**summary, "run_dir": str(final)}
@@ -98,7 +102,7 @@ def evaluate_policy(cfg: DictConfig, out: Path, run_dir: Path) -> dict[str, Any]
     eval_dir = out / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)
     log(f"evaluating over {cfg.eval.episodes} seeded episodes")
-    return evaluate_with(eval_config([
+    return evaluate_with(eval_load_config([
         f"task={cfg.task}", f"checkpoint={run_dir}", f"episodes={cfg.eval.episodes}",
         f"seed={cfg.eval.seed}", f"n_envs={cfg.eval.n_envs}", f"out={eval_dir}",
         f"n_videos={cfg.eval.n_videos}", f"device={cfg.device}"]))
@@ -145,7 +149,7 @@ def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Pa
         "",
     ]
     report = out / "report.md"
-    report.write_text("\n".join(lines))
+    write_text_atomic(report, "\n".join(lines))
     return report
 
 
@@ -176,16 +180,16 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
         "out": str(out),
     }
     result["report"] = str(write_report(out, cfg, result, run_dir, evaluation))
-    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+    write_text_atomic(out / "summary.json", json.dumps(result, indent=2, default=str))
     return result
 
 
 @dataclass
 class EvalSettings:
-    episodes: int = 50
-    seed: int = 100000
-    n_envs: int = 2
-    n_videos: int = 4
+    episodes: int = bounded(50, ge=1)
+    seed: int = bounded(100000, ge=0)
+    n_envs: int = bounded(2, ge=1)
+    n_videos: int = bounded(4, ge=0)
 
 
 @dataclass
@@ -193,27 +197,23 @@ class QuickstartConfig:
     """Typed schema of conf/quickstart.yaml (the YAML holds the defaults and their reasons)."""
 
     out: str = "quickstart_out"
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     task: str = "push_block"
-    demos: int = 150
-    train_steps: int = 3500
-    batch_size: int = 64
-    lr: float = 1.0e-3
-    lr_warmup_steps: int = 100
+    demos: int = bounded(150, ge=1)
+    train_steps: int = bounded(3500, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    lr: float = bounded(1.0e-3, gt=0)
+    lr_warmup_steps: int = bounded(100, ge=0)
     policy: str = "diffusion_unet"
     encoder: str = "small_cnn"
-    down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
-    diffusion_step_embed_dim: int = 64
-    n_obs_steps: int = 1
-    n_action_steps: int = 4
+    down_dims: list[int] = bounded(ge=1, factory=lambda: [32, 64, 128])
+    diffusion_step_embed_dim: int = bounded(64, ge=2)
+    n_obs_steps: int = bounded(1, ge=1)
+    n_action_steps: int = bounded(4, ge=1)
     device: str = "cpu"
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 
 def quickstart_config(overrides: list[str]) -> DictConfig:
     """Composed and type-checked before any stage runs, so a bad value costs nothing."""
-    cfg = validate(compose("quickstart", overrides), QuickstartConfig)
-    for key in ("demos", "train_steps", "batch_size", "eval.episodes", "eval.n_envs"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
-    return cfg
+    return validate(compose("quickstart", overrides), QuickstartConfig)

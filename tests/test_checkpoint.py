@@ -153,5 +153,5 @@ def test_bad_paths_fail_with_one_line(tmp_path):
         ck.load_policy(ckpt)
     assert "\n" not in str(info.value)
     (ckpt / ck.META).write_text(json.dumps({"policy": {"name": "diffusion_unet"}}))
-    with pytest.raises(UserError, match="missing 'features'"):
+    with pytest.raises(UserError, match="missing or malformed 'features'"):
         ck.load_policy(ckpt)

@@ -60,3 +60,43 @@ def test_json_is_last_stdout_line_for_dataset_info(tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["episodes"] == 1 and info["frames"] == 5
+
+
+def test_no_arguments_is_usage_and_a_failure(capsys):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: robodiff <command>")
+
+
+def test_unknown_policy_lists_the_policies(capsys):
+    assert main(["train", "policy=nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["robodiff train: error: policy=nope: no such policy (one of diffusion_transformer, "
+                   "diffusion_unet, regression)"]
+
+
+def test_user_error_with_json_is_a_json_line(capsys):
+    assert main(["eval", "episodes=0", "--json"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1]) == {"error": "config key 'episodes' must be >= 1, got 0", "exit_code": 2}
+
+
+def test_progress_in_a_log_is_whole_lines_not_redraws(monkeypatch):
+    import io
+
+    from robodiff import progress
+
+    log = io.StringIO()
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    with progress.progress_bar(total=500, desc="train", file=log) as bar:
+        for _ in range(500):
+            bar.update(1)
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert lines[-1].startswith("train: 100%") and all(line.startswith("train:") for line in lines)
+    monkeypatch.undo()
+    quiet = io.StringIO()  # shorter than the interval: nothing but the command's own summary
+    with progress.progress_bar(total=5, desc="eval", file=quiet) as bar:
+        bar.update(5)
+    assert quiet.getvalue() == ""

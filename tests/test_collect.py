@@ -146,3 +146,27 @@ def test_bad_inputs_are_one_line_errors(argv, needle, tmp_path, monkeypatch, cap
     code, _, err = run_cli(["collect", *argv], capsys)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_ctrl_c_leaves_a_valid_store(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from robodiff.data.integrity import validate_store
+
+    out = tmp_path / "demos.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "robodiff", "collect", "task=push_block", "teleop=expert",
+                             "episodes=50", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ends = out / "meta" / "episode_ends"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (ends / "0").exists() and EpisodeStore.open(out).n_episodes >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # most likely while an episode runs, possibly while one commits
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    report = validate_store(out)
+    assert report["valid"] and report["episodes"] >= 2, report

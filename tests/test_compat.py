@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from robodiff.commands.collect import CollectConfig, collect_with
-from robodiff.commands.eval import eval_config, evaluate_with
+from robodiff.commands.eval import evaluate_with, load_config
 from robodiff.config import compose, validate
 from robodiff.data.store import EpisodeStore
-from robodiff.data.validate import validate_store
+from robodiff.data.integrity import validate_store
 from robodiff.policy.checkpoint import load_policy
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "a4bd1c6"
@@ -59,7 +59,7 @@ def test_an_old_checkpoint_evaluates_to_the_same_rows(tmp_path):
     run = tmp_path / "ckpt"
     shutil.copytree(FIXTURES / "checkpoint", run)
     e = EXPECTED["eval"]
-    evaluate_with(eval_config([f"task={e['task']}", f"checkpoint={run}", f"episodes={e['episodes']}",
+    evaluate_with(load_config([f"task={e['task']}", f"checkpoint={run}", f"episodes={e['episodes']}",
                                f"seed={e['seed']}", "n_videos=0", f"out={tmp_path / 'eval'}"]))
     rows = [json.loads(line) for line in (tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()]
     assert rows == e["rows"]

@@ -55,7 +55,7 @@ def test_info_json_contract(tmp_path, capsys):
 def test_validate_valid_store(tmp_path, capsys):
     make_store(tmp_path / "s.zarr")
     code, result, _ = cli(capsys, "validate", tmp_path / "s.zarr")
-    assert code == 0 and result == {"valid": True, "episodes": 2, "problems": []}
+    assert code == 0 and result == {"valid": True, "episodes": 2, "problems": [], "warnings": []}
 
 
 def _tail(path):
@@ -106,7 +106,7 @@ def test_validate_finds_each_problem(tmp_path, capsys, break_it, expected):
     code, result, _ = cli(capsys, "validate", path, "--repair")
     assert (code == 0) == (break_it is _tail)  # --repair only ever truncates a tail
     if break_it is _tail:
-        assert result == {"valid": True, "episodes": 2, "problems": []}
+        assert result == {"valid": True, "episodes": 2, "problems": [], "warnings": []}
         assert zarr.open_group(str(path), mode="r")["data/state"].shape == (15, 3)
 
 
@@ -164,3 +164,12 @@ def test_import_reference_store(tmp_path, capsys):
     store = EpisodeStore.open(tmp_path / "ours.zarr")
     assert store.n_episodes == 2
     np.testing.assert_array_equal(store.read_episode(1)["state"], np.arange(8.0, 20.0).reshape(6, 2))
+
+
+def test_view_needs_an_mp4_path(tmp_path, capsys):
+    make_store(tmp_path / "s.zarr").close()
+    code = main(["dataset", "view", str(tmp_path / "s.zarr"), "episode=0", f"out={tmp_path / 'clip'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"robodiff dataset: error: out={tmp_path / 'clip'}: the episode is written as an "
+                                 f"mp4 video; give a path ending in .mp4"]
+    assert not (tmp_path / "clip").exists()

@@ -415,4 +415,4 @@ def test_episodes_is_checked_in_one_line():
     proc = _cli("checkpoint=x", "robot=push_block", "episodes=0", "--json")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "episodes=0" in lines[0], proc.stderr
+    assert len(lines) == 1 and "'episodes' must be >= 1" in lines[0], proc.stderr

@@ -311,8 +311,9 @@ def test_checkpoint_through_a_deployment_executor_with_latency(tmp_path, capsys)
     for bad, words in ((["executor=async", "policy=expert"], "checkpoint=PATH"),
                        ([f"checkpoint={run}", "latency_s=0.3"], "latency_s= needs executor="),
                        ([f"checkpoint={run}", "executor=fast"], "executor 'fast'"),
-                       ([f"checkpoint={run}", "executor=sync", "latency_s=-1"], "latency_s=-1"),
-                       ([f"checkpoint={run}", "n_action_steps=0"], "n_action_steps=0 must be in 1..7"),
+                       ([f"checkpoint={run}", "executor=sync", "latency_s=-1"], "'latency_s' must be >= 0"),
+                       ([f"checkpoint={run}", "n_action_steps=0"], "'n_action_steps' must be >= 1"),
+                       ([f"checkpoint={run}", "n_action_steps=8"], "n_action_steps=8 must be in 1..7"),
                        (["policy=expert", "n_action_steps=4"], "n_action_steps= is for a learned policy")):
         code, _, err = run_cli(["eval", "task=push_block", "episodes=1", *bad], capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
@@ -355,3 +356,28 @@ def test_checkpoint_with_other_features_names_the_key(tmp_path, capsys):
     code, _, err = run_cli(["eval", "task=push_block", f"checkpoint={run}", "episodes=1", "n_videos=0",
                             f"out={tmp_path / 'e'}"], capsys)
     assert code == 2 and "'state'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_evaluation_leaves_the_earlier_results(tmp_path, monkeypatch):
+    from robodiff.eval.rollouts import EpisodeRunner
+
+    out = tmp_path / "out"
+    first = evaluate("push_block", policy_name="random", episodes=2, n_videos=1, out=out)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {p.name for p in files} >= {"episodes.jsonl", "summary.json", "eval.png", Path(first["videos"][0]).name}
+    real_run = EpisodeRunner.run
+
+    def crash_on_second(self, index, seed):
+        if index == 1:
+            raise RuntimeError("the simulator died")
+        return real_run(self, index, seed)
+
+    monkeypatch.setattr(EpisodeRunner, "run", crash_on_second)
+    with pytest.raises(RuntimeError, match="simulator died"):
+        evaluate("push_block", policy_name="random", episodes=2, n_videos=1, out=out, seed=7)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    second = evaluate("push_block", policy_name="random", episodes=2, n_videos=1, out=out, seed=7)
+    assert json.loads((out / "summary.json").read_text())["seed"] == 7 == second["seed"]
+    assert Path(second["videos"][0]).is_file() and Path(second["videos"][0]).parent == out / "videos"

@@ -190,7 +190,7 @@ def _dp_no_action(src: Path) -> None:
 
 @pytest.mark.parametrize("damage, message", [
     (_truncate_chunk, r"data/img/1\.0\.0\.0.*chunk"),
-    (_dp_unequal, "data/state has 10 frames.*unequal lengths"),
+    (_dp_unequal, "data/state has 10 frames, fewer than the .* that meta/episode_ends commits"),
     (_dp_no_action, "no 'action'"),
 ])
 def test_malformed_dp_zarr(tmp_path: Path, damage, message: str) -> None:
@@ -280,7 +280,7 @@ def _empty_store(src: Path) -> Path:
     (make_dp_real, _real_missing_video, "missing"),
     (make_demo_folder, _demo_missing_png, "8 PNG frames for 9 steps"),
     (make_lerobot_v21, _lerobot_truncated_parquet, "unreadable parquet"),
-    (make_dp_zarr, _empty_store, "holds no episodes"),
+    (make_dp_zarr, _empty_store, "episode_ends is empty but the arrays hold data"),
 ])
 def test_more_malformed_sources(tmp_path: Path, make, damage, message: str) -> None:
     src = tmp_path / "src"

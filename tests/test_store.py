@@ -171,6 +171,7 @@ def test_tail_is_ignored_and_repaired(tmp_path):
     store = make_store(tmp_path / "s.zarr", [4, 4])
     store.array("state").append(np.ones((3, 3), np.float32))
     store.array("action").append(np.ones((3, 2), np.float32))
+    store.close()  # one writer at a time
     reopened = EpisodeStore.open(tmp_path / "s.zarr", mode="r+")
     assert reopened.n_frames == 8 and reopened.uncommitted_tail() == {"state": 3, "action": 3}
     assert reopened.repair() == {"state": 3, "action": 3}
@@ -228,7 +229,7 @@ def _run_writer(tmp_path: Path, mode: str) -> tuple[Path, int]:
 
 @pytest.mark.parametrize("mode", ["random", "pause_before_commit"])
 def test_sigkill_mid_episode_keeps_committed_episodes(tmp_path, mode):
-    from robodiff.data.validate import validate_store
+    from robodiff.data.integrity import validate_store
 
     path, committed = _run_writer(tmp_path, mode)
     store = EpisodeStore.open(path)
@@ -279,3 +280,101 @@ def test_truncated_episode_ends_is_named(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:5])
     with pytest.raises(StoreError, match="cannot read meta/episode_ends"):
         EpisodeStore.open(tmp_path / "s.zarr").n_episodes
+
+
+def test_every_chunk_is_written_and_a_missing_one_is_an_error(tmp_path):
+    store = make_store(tmp_path / "s.zarr", [3])
+    zeros = {k: np.zeros_like(v) for k, v in episode(1, 2).items()}  # all fill value: still written
+    store.append_episode(zeros)
+    store.close()
+    assert (tmp_path / "s.zarr" / "data" / "image" / "4.0.0.0").is_file()
+    (tmp_path / "s.zarr" / "data" / "image" / "4.0.0.0").unlink()
+    reopened = EpisodeStore.open(tmp_path / "s.zarr")
+    assert reopened.complete_chunks
+    with pytest.raises(StoreError, match=r"image/4\.0\.0\.0: chunk file is missing \(data/image frame 4, episode 1\)"):
+        reopened.read_slice("image", 0, 5)
+
+
+def test_one_writer_at_a_time(tmp_path):
+    store = make_store(tmp_path / "s.zarr", [3])
+    with pytest.raises(StoreError, match="another process .* is writing to this store"):
+        EpisodeStore.open(tmp_path / "s.zarr", mode="r+")
+    code = ("import sys; from robodiff.data.store import EpisodeStore\n"
+            "try:\n    EpisodeStore.open(sys.argv[1], mode='r+')\n"
+            "except Exception as e:\n    print(e); sys.exit(3)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.zarr")], capture_output=True, text=True)
+    assert proc.returncode == 3 and f"pid {os.getpid()}" in proc.stdout
+    EpisodeStore.open(tmp_path / "s.zarr").close()  # readers are never refused
+    store.close()
+    EpisodeStore.open(tmp_path / "s.zarr", mode="r+").close()
+
+
+def test_read_only_store_is_one_line(tmp_path, monkeypatch):
+    make_store(tmp_path / "s.zarr", [3]).close()
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".robodiff.lock") and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(StoreError, match="cannot be written \\(Permission denied\\); a read-only store"):
+        EpisodeStore.open(tmp_path / "s.zarr", mode="r+")
+    assert EpisodeStore.open(tmp_path / "s.zarr").n_episodes == 1
+
+
+def test_full_disk_keeps_committed_episodes(tmp_path, monkeypatch):
+    from zarr.storage import LocalStore
+
+    store = make_store(tmp_path / "s.zarr", [4, 5])
+    before = {k: store.read_slice(k, 0, 9) for k in FEATURES}
+    real_set = LocalStore.set
+    writes = []
+
+    async def full_after_two(self, key, value):
+        writes.append(key)
+        if len(writes) > 2:
+            raise OSError(28, "No space left on device", key)
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", full_after_two)
+    with pytest.raises(StoreError, match="could not write episode 2 \\(no space left on the device\\); "
+                                         "the 2 committed episodes are intact"):
+        store.append_episode(episode(2, 6))
+    monkeypatch.undo()
+    store.close()
+    reopened = EpisodeStore.open(tmp_path / "s.zarr", mode="r+")
+    # Even shrinking the partial frames back needs a metadata write, which a full disk refuses:
+    # they are an uncommitted tail, ignored by readers and dropped by the next append.
+    assert reopened.n_episodes == 2
+    for key in FEATURES:
+        np.testing.assert_array_equal(reopened.read_slice(key, 0, 9), before[key])
+    reopened.append_episode(episode(2, 6))  # space is back: the store takes the episode
+    assert reopened.n_episodes == 3
+
+
+def test_ctrl_c_waits_for_the_commit(tmp_path, monkeypatch):
+    store = make_store(tmp_path / "s.zarr", [3])
+    arr_cls = type(store.array("state"))
+    real_append = arr_cls.append
+
+    def interrupted_append(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of writing the episode
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(arr_cls, "append", interrupted_append)
+    with pytest.raises(KeyboardInterrupt):
+        store.append_episode(episode(1, 4))
+    monkeypatch.undo()
+    assert store.n_episodes == 2 and store.uncommitted_tail() == {}
+
+
+def test_repair_refuses_when_the_commit_record_was_lost(tmp_path):
+    make_store(tmp_path / "s.zarr", [4, 5]).close()
+    zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")["meta/episode_ends"].resize((1,))
+    store = EpisodeStore.open(tmp_path / "s.zarr", mode="r+")
+    with pytest.raises(StoreError, match="refusing to repair: meta/episode_ends holds 1 episodes but 2 were "
+                                         "committed; truncating to the commit record would delete 5 frames"):
+        store.repair()
+    assert store.array("state").shape == (9, 3)

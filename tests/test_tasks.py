@@ -198,5 +198,5 @@ def test_sim_speed_bench_measures_both_modes():
     out = run(["steps=30", "tasks=[push_block]"], set())
     speeds = out["tasks"]["push_block"]
     assert speeds["steps_per_s_render"] > 0 and speeds["steps_per_s_no_render"] > 0
-    with pytest.raises(UserError, match="unknown key 'stpes'"):
+    with pytest.raises(UserError, match="unknown config key 'stpes' for `robodiff bench sim`"):
         run(["stpes=3"], set())

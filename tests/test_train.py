@@ -197,3 +197,98 @@ def test_sampler_shards_cover_each_epoch_and_resume_mid_epoch():
     later = ResumableSampler(n, 1, world, seed=5)
     later.set_position(1)
     assert list(later) != shards[1]  # a new permutation every epoch
+
+
+def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path, capsys, monkeypatch):
+    from robodiff.policy.diffusion import DiffusionPolicy
+
+    store = lowdim_store(tmp_path / "toy.zarr")
+    real = DiffusionPolicy.compute_loss
+    calls = []
+
+    def nan_from_step_6(self, batch):
+        calls.append(1)
+        loss = real(self, batch)
+        return loss * float("nan") if len(calls) >= 6 else loss
+
+    monkeypatch.setattr(DiffusionPolicy, "compute_loss", nan_from_step_6)
+    run_dir = tmp_path / "run"
+    code = main(["train", f"dataset={store}", f"run_dir={run_dir}", "training.steps=12",
+                 "training.checkpoint_every=4", "training.val_every=100", *TINY, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"robodiff train: error: training stopped at step 6: the loss is nan; the last checkpoint, "
+        f"{run_dir / 'checkpoints' / '4'}, is from step 4 (lower training.lr, or check the data with "
+        f"`robodiff dataset validate`)"]
+    assert json.loads(out.strip().splitlines()[-1])["error"].startswith("training stopped at step 6")
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["4", "latest"]
+    assert json.loads((run_dir / "checkpoints" / "latest" / "policy.json").read_text())["step"] == 4
+
+
+def test_json_summary_is_strict_json(tmp_path, capsys):
+    store = lowdim_store(tmp_path / "toy.zarr")
+    code, summary, _ = run_cli(capsys, [f"dataset={store}", f"run_dir={tmp_path / 'r'}", "training.steps=2",
+                                        "training.val_ratio=0", *TINY])
+    assert code == 0 and summary["val_loss"] is None
+    from robodiff.cli import _strict
+
+    assert json.dumps(_strict({"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(2)}),
+                      allow_nan=False) == '{"a": null, "b": [null, 1.5], "c": 2.0}'
+
+
+def test_resume_keeps_the_recorded_config_and_refuses_changes(tmp_path, capsys):
+    store = lowdim_store(tmp_path / "toy.zarr")
+    run_dir = tmp_path / "run"
+    first = [f"dataset={store}", f"run_dir={run_dir}", "training.steps=4", "training.checkpoint_every=2",
+             "training.log_every=2", *TINY[:3], "training.batch_size=8"]
+    assert run_cli(capsys, first)[0] == 0
+    # Only training.steps given again: everything else (checkpoint_every=2, batch 8, the network) stays.
+    code, summary, _ = run_cli(capsys, [f"run_dir={run_dir}", "resume=true", "training.steps=6"])
+    assert code == 0 and summary["steps"] == 6 and summary["batch_size"] == 8
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "4", "6", "latest"]
+    saved = (run_dir / "config.yaml").read_text()
+    assert "steps: 6" in saved and "checkpoint_every: 2" in saved and "batch_size: 8" in saved
+    for change, key in ((["policy.denoiser.down_dims=[16,32]"], "policy.denoiser.down_dims"),
+                        (["task=push_block"], "task"), (["policy=regression"], "policy")):
+        code = main(["train", f"run_dir={run_dir}", "resume=true", "training.steps=8", *change])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and f"config key '{key}'" in err[0] and "keeps its task" in err[0], err
+    other = lowdim_store(tmp_path / "other.zarr")
+    with EpisodeStore.open(other) as s:
+        assert s.features["state"].shape == (3,)
+    wide = tmp_path / "wide.zarr"
+    ws = EpisodeStore.create(wide, {"state": Feature("lowdim", (4,)), "action": Feature("action", (2,)),
+                                    "timestamp": Feature("timestamp", (), "float64")}, fps=10)
+    ws.append_episode({"state": np.zeros((30, 4), np.float32), "action": np.zeros((30, 2), np.float32),
+                       "timestamp": np.arange(30) / 10})
+    ws.close()
+    code = main(["train", f"run_dir={run_dir}", "resume=true", "training.steps=8", f"dataset={wide}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "feature 'state'" in err[0] and "keeps its features" in err[0], err
+    assert main(["train", f"run_dir={run_dir}", "resume=true", "training.steps=8", f"dataset={other}"]) == 0
+
+
+def test_ctrl_c_saves_the_step_reached(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = lowdim_store(tmp_path / "toy.zarr")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "robodiff", "train", f"dataset={store}", f"run_dir={run_dir}",
+                             "training.steps=1000000", *TINY, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["interrupted"] is True and summary["steps"] >= 8
+    assert (run_dir / "checkpoints" / str(summary["steps"])).is_dir()
+    assert json.loads((run_dir / "checkpoints" / "latest" / "policy.json").read_text())["step"] == summary["steps"]
+    assert f"continue with `robodiff train run_dir={run_dir} resume=true`" in err and "Traceback" not in err

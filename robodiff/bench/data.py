@@ -9,7 +9,6 @@ zarr arrays per window and per key over the whole horizon, pad in numpy, no cach
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,32 +19,32 @@ import numpy as np
 import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from robodiff.config import compose, validate
+from robodiff.config import bounded, compose, validate
 from robodiff.data.dataset import WindowDataset
 from robodiff.data.store import EpisodeStore
 from robodiff.data.windows import WindowIndex
 from robodiff.features import Feature
+from robodiff.progress import progress_bar
 
 
 @dataclass
 class BenchDataConfig:
-    episodes: int = 50
-    steps: int = 100
-    cameras: int = 2
-    image_size: int = 96
-    noise: float = 2.0
-    lowdim_episodes: int = 200
-    state_dim: int = 20
-    action_dim: int = 10
-    batch_size: int = 64
-    num_workers: int = 2
-    horizon: int = 16
-    n_obs_steps: int = 2
-    n_action_steps: int = 8
-    seconds: float = 6.0
-    seed: int = 0
+    episodes: int = bounded(50, ge=1)
+    steps: int = bounded(100, ge=1)
+    cameras: int = bounded(2, ge=1)
+    image_size: int = bounded(96, ge=8)
+    noise: float = bounded(2.0, ge=0)
+    lowdim_episodes: int = bounded(200, ge=1)
+    state_dim: int = bounded(20, ge=1)
+    action_dim: int = bounded(10, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    num_workers: int = bounded(2, ge=0)
+    horizon: int = bounded(16, ge=1)
+    n_obs_steps: int = bounded(2, ge=1)
+    n_action_steps: int = bounded(8, ge=1)
+    seconds: float = bounded(6.0, gt=0)
+    seed: int = bounded(0, ge=0)
     dir: str | None = None
 
 
@@ -97,7 +96,7 @@ def build_stores(cfg: Any, root: Path) -> tuple[Path, list[str], Path]:
     image = EpisodeStore.create(root / "image.zarr", image_feats, fps=10)
     lowdim = EpisodeStore.create(root / "lowdim.zarr", lowdim_feats, fps=10)
     total = cfg.episodes + cfg.lowdim_episodes
-    with tqdm(total=total, desc="building stores", unit="episode", file=sys.stderr) as bar:
+    with progress_bar(total=total, desc="building stores", unit="episode") as bar:
         for store, n_eps in ((image, cfg.episodes), (lowdim, cfg.lowdim_episodes)):
             for _ in range(n_eps):
                 ep = {"state": rng.normal(size=(cfg.steps, cfg.state_dim)).astype(np.float32),
@@ -113,7 +112,7 @@ def windows_per_second(dataset: Dataset, cfg: Any, label: str) -> float:
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                         persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
     windows, started = 0, None
-    with tqdm(desc=label, unit="window", file=sys.stderr, leave=False) as bar:
+    with progress_bar(desc=label, unit="window", leave=False) as bar:
         while started is None or time.perf_counter() - started < cfg.seconds:
             for batch in loader:
                 n = len(next(iter(batch.values())))
@@ -127,8 +126,15 @@ def windows_per_second(dataset: Dataset, cfg: Any, label: str) -> float:
     return windows / (time.perf_counter() - started)
 
 
+SCHEMA = BenchDataConfig
+
+
+def load_config(overrides: list[str]) -> Any:
+    return validate(compose("bench_data", overrides), BenchDataConfig)
+
+
 def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
-    cfg = validate(compose("bench_data", overrides), BenchDataConfig)
+    cfg = load_config(overrides)
     torch.manual_seed(cfg.seed)
     root = Path(cfg.dir) if cfg.dir else Path(tempfile.mkdtemp(prefix="robodiff_bench_data_"))
     root.mkdir(parents=True, exist_ok=True)

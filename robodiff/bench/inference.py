@@ -12,33 +12,33 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
-from robodiff.config import CONF_DIR, compose, to_dict, validate
+from robodiff.config import CONF_DIR, bounded, compose, to_dict, validate
 from robodiff.errors import ConfigError
 from robodiff.features import Feature, Features
 from robodiff.policy.diffusion import DiffusionPolicy
 from robodiff.policy.factory import build_policy
 from robodiff.policy.fast_inference import FastSampler
+from robodiff.progress import progress_bar
 
 
 @dataclass
 class BenchInferenceConfig:
-    iterations: int = 20
-    warmup: int = 3
-    threads: int | None = None
+    iterations: int = bounded(20, ge=1)
+    warmup: int = bounded(3, ge=0)
+    threads: Optional[int] = bounded(None, ge=1)
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda"])
     cases: list[str] = field(default_factory=lambda: ["image", "lowdim"])
     precision_cpu: str = "auto"
     precision_cuda: str = "auto"
     cuda_graph: bool = True
     compile_cuda: bool = True
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
 
 
 CASES: dict[str, Features] = {
@@ -92,7 +92,7 @@ def bench_case(device: str, case: str, cfg: Any, policy_cfg: dict[str, Any]) -> 
         policy.predict_action_chunk(history)
         fast.predict_action_chunk(history)
     base_t, fast_t = [], []
-    for _ in tqdm(range(cfg.iterations), desc=f"{device} {case}", file=sys.stderr, leave=False):
+    for _ in progress_bar(range(cfg.iterations), desc=f"{device} {case}", leave=False):
         t0 = time.perf_counter()
         policy.predict_action_chunk(history)  # ends with .cpu(): synchronous on CUDA too
         t1 = time.perf_counter()
@@ -109,8 +109,15 @@ def bench_case(device: str, case: str, cfg: Any, policy_cfg: dict[str, Any]) -> 
             f"{prefix}_max_abs_action_diff": round(max_diff, 5), f"{prefix}_first_call_s": round(build_s, 1)}
 
 
+SCHEMA = BenchInferenceConfig
+
+
+def load_config(overrides: list[str]) -> Any:
+    return validate(compose("bench_inference", overrides), BenchInferenceConfig)
+
+
 def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
-    cfg = validate(compose("bench_inference", overrides), BenchInferenceConfig)
+    cfg = load_config(overrides)
     for case in cfg.cases:
         if case not in CASES:
             raise ConfigError(f"bench_inference.cases entry '{case}' is not one of {', '.join(CASES)}")

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robodiff.commands.eval import eval_config, evaluate_with
-from robodiff.config import compose, require, validate
+from robodiff.commands.eval import evaluate_with
+from robodiff.commands.eval import load_config as eval_load_config
+from robodiff.config import bounded, compose, require, validate
 from robodiff.control.executors import EXECUTORS, check_executor
 from robodiff.errors import ConfigError
 from robodiff.eval.report import default_out
 from robodiff.policy.checkpoint import read_policy_meta, require_guided_checkpoint
+from robodiff.paths import replaced, write_text_atomic
 
 
 @dataclass
@@ -25,10 +27,10 @@ class BenchLatencyConfig:
     checkpoint: str | None = None
     task: str | None = None
     executors: list[str] = field(default_factory=lambda: ["async", "sync"])
-    latencies: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.2, 0.33])
-    episodes: int = 50
-    seed: int = 100000
-    n_envs: int = 2
+    latencies: list[float] = bounded(ge=0, factory=lambda: [0.03, 0.1, 0.2, 0.33])
+    episodes: int = bounded(50, ge=1)
+    seed: int = bounded(100000, ge=0)
+    n_envs: int = bounded(2, ge=1)
     out: str | None = None
 
 
@@ -50,12 +52,20 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.legend()
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replaced(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
+SCHEMA = BenchLatencyConfig
+
+
+def load_config(overrides: list[str]) -> Any:
+    return validate(compose("bench_latency", overrides), BenchLatencyConfig)
+
+
 def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
-    cfg = validate(compose("bench_latency", overrides), BenchLatencyConfig)
+    cfg = load_config(overrides)
     checkpoint = str(require(cfg, "checkpoint", "bench latency"))
     if not cfg.executors:
         raise ConfigError(f"bench_latency.executors is empty: name at least one of {', '.join(EXECUTORS)}")
@@ -75,7 +85,7 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
     rows = []
     for executor in cfg.executors:
         for latency in latencies:
-            summary = evaluate_with(eval_config([
+            summary = evaluate_with(eval_load_config([
                 f"task={task}", f"checkpoint={checkpoint}", f"episodes={cfg.episodes}", f"seed={cfg.seed}",
                 f"n_envs={cfg.n_envs}", f"out={out / f'{executor}_{latency:g}s'}", "n_videos=0",
                 f"executor={executor}", f"latency_s={latency}"]))
@@ -88,6 +98,6 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
     result = {"bench": "latency", "checkpoint": checkpoint, "task": str(task), "episodes": cfg.episodes,
               "seed": cfg.seed, "rows": rows, "plot": str(out / "latency.png"), "out": str(out),
               "seconds": round(time.perf_counter() - started, 1)}
-    (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "latency.json", json.dumps(result, indent=2) + "\n")
     print(f"plot: {out / 'latency.png'}")
     return result

@@ -1,38 +1,42 @@
 """Simulation speed: control steps per second for each MuJoCo task, with and without the 96x96 camera.
 
-Keys: `steps=N` (timed control steps per measurement, default 500), `tasks=[a,b]` (default: every
-MuJoCo task). Random actions within the robot's limits; episodes are reset when they end (reset
-time is included, as in evaluation).
+Keys (conf/bench_sim.yaml): `steps=N` timed control steps per measurement, `tasks=[a,b]` (null:
+every MuJoCo task), `seed`. Random actions within the robot's limits; episodes are reset when
+they end (reset time is included, as in evaluation).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-from tqdm import tqdm
+from omegaconf import MISSING, DictConfig
 
-from robodiff.errors import UserError
+from robodiff.config import bounded, compose, validate
 from robodiff.hal.hardware import read_yaml
 from robodiff.paths import asset_dir
 from robodiff.sim.env import SimEnv
 from robodiff.sim.tasks import load_task
+from robodiff.progress import progress_bar
 
-KEYS = ("steps", "tasks")
+
+@dataclass
+class BenchSimConfig:
+    steps: int = bounded(ge=1)
+    tasks: Optional[list[str]] = MISSING
+    seed: int = bounded(ge=0)
 
 
-def _parse(overrides: list[str]) -> dict[str, str]:
-    out = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key not in KEYS:
-            raise UserError(f"unknown key '{key}' for `robodiff bench sim` (keys: {', '.join(KEYS)})")
-        out[key] = value
-    return out
+SCHEMA = BenchSimConfig
+
+
+def load_config(overrides: list[str]) -> DictConfig:
+    return validate(compose("bench_sim", overrides), BenchSimConfig)
 
 
 def steps_per_second(task: str, render: bool, steps: int, seed: int = 0) -> float:
@@ -52,20 +56,19 @@ def steps_per_second(task: str, render: bool, steps: int, seed: int = 0) -> floa
 
 
 def run(overrides: list[str], flags: set[str]) -> dict:
-    opts = _parse(overrides)
-    try:
-        steps = int(opts.get("steps", 500))
-    except ValueError:
-        raise UserError(f"steps={opts['steps']} is not an integer") from None
-    if "tasks" in opts:
-        tasks = [t for t in opts["tasks"].strip("[]").split(",") if t]
+    cfg = load_config(overrides)
+    steps, seed = int(cfg.steps), int(cfg.seed)
+    if cfg.tasks is not None:
+        tasks = [str(t) for t in cfg.tasks]
+        for task in tasks:
+            load_task(task)  # an unknown name fails here, before any measurement
     else:
         tasks = [p.stem for p in sorted(asset_dir("tasks").glob("*.yaml"))
                  if read_yaml(p).get("kind", "mujoco") == "mujoco"]
     results: dict[str, dict[str, float]] = {}
-    for task in tqdm(tasks, desc="bench sim", file=sys.stderr):
-        results[task] = {"steps_per_s_render": round(steps_per_second(task, True, steps), 1),
-                         "steps_per_s_no_render": round(steps_per_second(task, False, steps), 1)}
+    for task in progress_bar(tasks, desc="bench sim"):
+        results[task] = {"steps_per_s_render": round(steps_per_second(task, True, steps, seed), 1),
+                         "steps_per_s_no_render": round(steps_per_second(task, False, steps, seed), 1)}
         print(f"{task}: {results[task]['steps_per_s_render']} control steps/s with 96x96 rendering, "
               f"{results[task]['steps_per_s_no_render']} without")
     return {"bench": "sim", "steps": steps, "tasks": results, "machine": _machine(),

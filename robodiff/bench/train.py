@@ -13,14 +13,16 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch.utils.data import DataLoader, Dataset
 
-from robodiff.config import compose, to_dict
+from robodiff.config import bounded, compose, to_dict, validate
 from robodiff.data.stats import cached_stats
 from robodiff.data.store import EpisodeStore
 from robodiff.data.windows import WindowIndex
@@ -32,6 +34,30 @@ from robodiff.train.config import load
 from robodiff.train.trainer import train
 
 KINDS = ("image", "lowdim")
+
+
+@dataclass
+class BenchTrainCase:
+    policy: str = MISSING
+    batch_size_cpu: int = bounded(ge=1)
+    batch_size_cuda: int = bounded(ge=1)
+    episodes: int = bounded(ge=1)
+    episode_length: int = bounded(ge=1)
+    cameras: Optional[int] = bounded(None, ge=1)
+    image_size: Optional[int] = bounded(None, ge=8)
+    state_dim: Optional[int] = bounded(None, ge=1)
+
+
+@dataclass
+class BenchTrainConfig:
+    """Typed schema of conf/bench_train.yaml (defaults and reasons there)."""
+
+    device: str = MISSING
+    steps: int = bounded(ge=1)
+    workdir: Optional[str] = MISSING
+    seed: int = bounded(ge=0)
+    image: BenchTrainCase = field(default_factory=BenchTrainCase)
+    lowdim: BenchTrainCase = field(default_factory=BenchTrainCase)
 
 
 def make_store(path: Path, kind: str, cfg: Any, seed: int) -> Path:
@@ -133,11 +159,16 @@ def devices(choice: str) -> list[torch.device]:
     return [torch.device(choice)]
 
 
+SCHEMA = BenchTrainConfig
+
+
+def load_config(overrides: list[str]) -> Any:
+    return validate(compose("bench_train", overrides), BenchTrainConfig)
+
+
 def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
-    cfg = compose("bench_train", overrides)
+    cfg = load_config(overrides)
     steps = int(cfg.steps)
-    if steps < 1:
-        raise ConfigError("bench train: steps must be >= 1")
     workdir = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="robodiff-bench-train-"))
     results: dict[str, Any] = {"steps": steps, "torch": torch.__version__, "threads": torch.get_num_threads(),
                                "rows": []}

@@ -8,27 +8,26 @@ kill mid-episode loses that episode and nothing else.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING
-from tqdm import tqdm
 
-from robodiff.config import compose, require, validate
+from robodiff.config import bounded, compose, require, validate
 from robodiff.control.clock import Clock, SimulatedClock
 from robodiff.control.loop import EpisodeLoop
 from robodiff.control.safety import SafeRobot, SafetyConfig, SafetyFilter, resolve_limits
 from robodiff.control.sources import TeleopSource
+from robodiff.data.integrity import open_for_append
 from robodiff.data.store import EpisodeRecorder, EpisodeStore
-from robodiff.errors import StoreError, UserError
-from robodiff.features import Features, features_to_dict
+from robodiff.errors import UserError
 from robodiff.hal import make_teleop
 from robodiff.hal.teleop import KEYBOARD_HELP
 from robodiff.sim.env import TaskRobot, task_robot
 from robodiff.sim.outcome import TaskOutcome
 from robodiff.sim.tasks import TaskSpec, load_task
+from robodiff.progress import progress_bar
 
 HELP = """
 usage: robodiff collect task=T teleop=expert|keyboard|spacemouse|gamepad|leader episodes=N out=PATH
@@ -49,28 +48,12 @@ class CollectConfig:
     task: Optional[str] = MISSING
     teleop: str = MISSING
     robot: Optional[str] = MISSING
-    episodes: int = MISSING
+    episodes: int = bounded(ge=1)
     out: Optional[str] = MISSING
-    seed: int = MISSING
+    seed: int = bounded(ge=0)
     keep_failed: Optional[bool] = MISSING
-    max_attempts: Optional[int] = MISSING
+    max_attempts: Optional[int] = bounded(ge=1)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
-
-
-def open_or_create(out: Path, features: Features, task: TaskSpec) -> EpisodeStore:
-    """Append to an existing store only when its features are exactly the task's."""
-    if not out.exists():
-        return EpisodeStore.create(out, features, fps=float(task.fps), task=task.name, robot=task.robot)
-    store = EpisodeStore.open(out, mode="r+")
-    theirs, ours = features_to_dict(store.features), features_to_dict(features)
-    for key in sorted(set(theirs) | set(ours)):
-        if theirs.get(key) != ours.get(key):
-            raise StoreError(f"{out}: feature '{key}' is {theirs.get(key)} in the store but "
-                             f"{ours.get(key)} for task '{task.name}' (use a new out=PATH)")
-    if store.uncommitted_tail():
-        dropped = store.repair()
-        print(f"{out}: dropped an uncommitted tail from an interrupted recording {dropped}", file=sys.stderr)
-    return store
 
 
 def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, keep_failed: bool,
@@ -89,7 +72,7 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
         # Connect the device before touching the store: a missing terminal or device leaves no
         # empty store behind.
         with make_teleop(teleop, robot) as device:
-            store = open_or_create(out, features, task)
+            store = open_for_append(out, features, fps=float(task.fps), task=task.name, robot=task.robot)
             recorder = EpisodeRecorder(store)
             # A person needs the task's control rate; a script runs as fast as the sim goes.
             human = device.human
@@ -99,8 +82,8 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
             outcome = TaskOutcome(robot, task.max_steps, task.fps)
             source = TeleopSource(device, "action")
             if human:
-                print(KEYBOARD_HELP, file=sys.stderr)
-            bar = tqdm(total=episodes, desc=f"collect {task.name} ({teleop})", unit="ep", dynamic_ncols=True)
+                print(KEYBOARD_HELP)
+            bar = progress_bar(total=episodes, desc=f"collect {task.name} ({teleop})", unit="ep")
             try:
                 while kept < episodes and attempts < max_attempts:
                     outcome.reset(seed + attempts)
@@ -123,18 +106,25 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
             except KeyboardInterrupt:
                 recorder.discard()
                 interrupted = True
-                print(f"\ninterrupted: the episode in progress was dropped, {kept} kept", file=sys.stderr)
+                print(f"\ninterrupted: the episode in progress was dropped, {kept} kept")
             finally:
                 bar.close()
     finally:
         robot.close()
     if kept < episodes and not interrupted and teleop == "expert":
-        print(f"warning: only {kept} of {episodes} episodes succeeded in {attempts} attempts", file=sys.stderr)
+        print(f"warning: only {kept} of {episodes} episodes succeeded in {attempts} attempts")
     assert store is not None
     return {"out": str(out), "task": task.name, "teleop": teleop, "episodes": kept, "frames": frames,
             "attempts": attempts, "success_rate": successes / attempts if attempts else 0.0,
             "store_episodes": store.n_episodes, "store_frames": store.n_frames,
             "interrupted": interrupted}
+
+
+SCHEMA = CollectConfig
+
+
+def load_config(overrides: list[str]) -> Any:
+    return validate(compose("collect", overrides), CollectConfig)
 
 
 def collect_with(cfg: Any) -> dict[str, Any]:
@@ -144,8 +134,6 @@ def collect_with(cfg: Any) -> dict[str, Any]:
     if cfg.robot is not None and cfg.robot != task.robot:
         raise UserError(f"robot={cfg.robot}: task '{task.name}' is simulated with robot '{task.robot}'; "
                         f"recording on other robots comes with `robodiff deploy record=...`")
-    if cfg.episodes < 1:
-        raise UserError(f"episodes={cfg.episodes}: need at least 1")
     keep_failed = (cfg.teleop != "expert") if cfg.keep_failed is None else bool(cfg.keep_failed)
     max_attempts = int(cfg.max_attempts or (2 * cfg.episodes + 10))
     return collect(task, cfg.teleop, cfg.episodes, out, cfg.seed, keep_failed, max_attempts, cfg.safety)
@@ -154,7 +142,7 @@ def collect_with(cfg: Any) -> dict[str, Any]:
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (collect takes key=value overrides only)")
-    result = collect_with(validate(compose("collect", overrides), CollectConfig))
+    result = collect_with(load_config(overrides))
     print(f"{result['out']}: kept {result['episodes']} episodes ({result['frames']} frames) of "
           f"{result['attempts']} attempts, success rate {result['success_rate']:.2f}; the store now "
           f"holds {result['store_episodes']} episodes")

@@ -10,7 +10,7 @@ import numpy as np
 
 from robodiff.data.importers import import_dataset
 from robodiff.data.store import EpisodeStore
-from robodiff.data.validate import validate_store
+from robodiff.data.integrity import TAIL, check_store, require_valid, validate_store
 from robodiff.data.video import write_video
 from robodiff.errors import UserError
 
@@ -22,8 +22,9 @@ usage: robodiff dataset info PATH [--json]
 
   info      episodes, frames, fps and features of a store (directory or .zarr.zip)
   validate  uncommitted tail, broken meta/episode_ends, unequal lengths, missing action,
-            NaN/Inf in low-dim data, wrong dtypes, corrupt chunks; exit 0 iff valid.
-            --repair truncates an uncommitted tail (nothing else is ever changed)
+            NaN/Inf in low-dim data, wrong dtypes or shapes, missing or corrupt chunks;
+            exit 0 iff valid. --repair truncates an uncommitted tail (nothing else is ever
+            changed; it refuses when the commit record itself is damaged)
   view      an mp4 of one episode: camera frames side by side, action/state traces beside them
             with a cursor at the current step (out defaults to <store>_episode<K>.mp4)
   import    convert SRC into a new store at DEST; format: auto, dp_zarr, dp_real, demo_folder,
@@ -77,6 +78,8 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
         except ValueError:
             raise UserError(f"episode={opts['episode']}: not an integer") from None
         out = opts["out"] or f"{Path(path).name.split('.')[0]}_episode{episode}.mp4"
+        if Path(out).suffix.lower() != ".mp4":
+            raise UserError(f"out={out}: the episode is written as an mp4 video; give a path ending in .mp4")
         return view(path, episode, out)
     src, dest = _positionals(sub, rest, ["SRC", "DEST"])
     opts = _options(sub, overrides, {"format": "auto"})
@@ -88,6 +91,8 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
 def info(path: str) -> dict[str, Any]:
     with EpisodeStore.open(path) as store:
         result = store.info()
+        # The cheap part of the check (no chunk is decoded): enough to say whether to validate.
+        result["problems"] = [p.message for p in check_store(store) if p.kind != TAIL]
     print(f"{result['path']}: {result['episodes']} episodes, {result['frames']} frames, "
           f"fps {result['fps']}, zarr format {result['zarr_format']}")
     if result["episodes"]:
@@ -97,6 +102,10 @@ def info(path: str) -> dict[str, Any]:
     if result["uncommitted_tail"]:
         print(f"uncommitted tail: {result['uncommitted_tail']} (run `robodiff dataset validate "
               f"{path} --repair`)")
+    for problem in result["problems"]:
+        print(f"  problem: {problem}")
+    if result["problems"]:
+        print(f"run `robodiff dataset validate {path}` for the full check")
     return result
 
 
@@ -105,11 +114,14 @@ def validate(path: str, repair: bool) -> dict[str, Any]:
     print(f"{path}: {'valid' if report['valid'] else 'INVALID'}, {report['episodes']} episodes")
     for problem in report["problems"]:
         print(f"  - {problem}")
+    for warning in report["warnings"]:
+        print(f"  warning: {warning}")
     return {**report, "_exit_code": 0 if report["valid"] else 1}
 
 
 def view(path: str, episode: int, out: str) -> dict[str, Any]:
     with EpisodeStore.open(path) as store:
+        require_valid(store, store.keys)
         ep = store.read_episode(episode)
         fps = float(store.fps or 10)
         kinds = {k: f.kind for k, f in store.features.items()}

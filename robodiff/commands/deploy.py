@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from robodiff.config import compose, require, to_dict, validate
+from robodiff.config import bounded, compose, require, to_dict, validate
 from robodiff.control.clock import Clock
 from robodiff.control.executors import check_executor, check_n_action_steps, make_executor
 from robodiff.control.loop import EpisodeLoop
 from robodiff.control.safety import EStop, SafeRobot, SafetyConfig, SafetyFilter, resolve_limits
-from robodiff.data.store import EpisodeRecorder, EpisodeStore
+from robodiff.data.integrity import open_for_append
+from robodiff.data.store import EpisodeRecorder
 from robodiff.errors import ConfigError, UserError
 from robodiff.features import Feature, Features
 from robodiff.hal import make_robot
@@ -46,7 +47,8 @@ path) or a simulated task name (the run then ends with the episode and reports s
                       which lasts the task's max_steps / fps seconds of robot time, stalls
                       included; with episodes=N, a cap on each episode)
   episodes=N          simulated tasks: N episodes in a row, episode i reset with seed+i
-  record=PATH         save each episode (observations and the actions really sent)
+  record=PATH         save each episode (observations and the actions really sent); an existing
+                      store with the same features is appended to
   inference_delay_s=  add a delay to every inference (emulate a slower computer)
   fps=F               control rate (default: the rate the checkpoint's data was recorded at)
   n_action_steps=K    actions played per chunk before re-planning (default: the checkpoint's)
@@ -64,16 +66,16 @@ class DeployConfig:
     checkpoint: Optional[str] = MISSING
     robot: Optional[str] = MISSING
     executor: str = MISSING
-    duration_s: Optional[float] = MISSING
-    episodes: int = MISSING
+    duration_s: Optional[float] = bounded(gt=0)
+    episodes: int = bounded(ge=1)
     record: Optional[str] = MISSING
-    fps: Optional[float] = MISSING
-    n_action_steps: Optional[int] = MISSING
-    inference_delay_s: float = MISSING
+    fps: Optional[float] = bounded(gt=0)
+    n_action_steps: Optional[int] = bounded(ge=1)
+    inference_delay_s: float = bounded(ge=0)
     device: str = MISSING
     ema: bool = MISSING
-    seed: int = MISSING
-    torch_threads: Optional[int] = MISSING
+    seed: int = bounded(ge=0)
+    torch_threads: Optional[int] = bounded(ge=1)
     realtime_priority: bool = MISSING
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
@@ -142,8 +144,8 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, fps: float, n_act
     check_n_action_steps(policy, n_action_steps)  # fail before creating the store
     recorder = None
     if cfg.record:
-        store = EpisodeStore.create(Path(cfg.record), record_features(robot), fps=float(fps), task=task,
-                                    robot=robot_name)
+        store = open_for_append(Path(cfg.record), record_features(robot), fps=float(fps), task=task,
+                                robot=robot_name)
         recorder = EpisodeRecorder(store)
     clock = Clock(dt)
     executor = make_executor(cfg.executor, policy, clock, n_action_steps, cfg.inference_delay_s,
@@ -186,6 +188,8 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, fps: float, n_act
         if own_estop:
             estop.uninstall()
         executor.close()
+        if recorder is not None:
+            recorder.store.close()
     stats["steps"] = totals["steps"]
     stats.pop("event", None)
     if rows:
@@ -224,15 +228,20 @@ def resolve_fps(override: float | None, meta: dict[str, Any], checkpoint: str) -
     return None if fps is None else float(fps)
 
 
+SCHEMA = DeployConfig
+
+
+def load_config(overrides: list[str]) -> Any:
+    return validate(compose("deploy", overrides), DeployConfig)
+
+
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any]:
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (use checkpoint=PATH robot=R)")
-    cfg = validate(compose("deploy", overrides), DeployConfig)
+    cfg = load_config(overrides)
     checkpoint = str(require(cfg, "checkpoint", "deploy"))
     robot_name = str(require(cfg, "robot", "deploy"))
     check_executor(cfg.executor)
-    if cfg.episodes < 1:
-        raise UserError(f"episodes={cfg.episodes}: need at least 1")
     if not Path(checkpoint).exists():
         raise UserError(f"{checkpoint}: no such checkpoint or run directory")
     device = str(pick_device(cfg.device))  # a bad device is a one-line error, not a torch traceback

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from robodiff.config import compose, require, validate
+from robodiff.config import bounded, compose, require, validate
 from robodiff.control.safety import SafetyConfig
 from robodiff.errors import UserError
 from robodiff.eval import evaluate
@@ -38,16 +38,16 @@ class EvalConfig:
     task: Optional[str] = MISSING
     checkpoint: Optional[str] = MISSING
     policy: Optional[str] = MISSING
-    n_action_steps: Optional[int] = MISSING
-    episodes: int = MISSING
-    seed: int = MISSING
-    n_envs: int = MISSING
+    n_action_steps: Optional[int] = bounded(ge=1)
+    episodes: int = bounded(ge=1)
+    seed: int = bounded(ge=0)
+    n_envs: int = bounded(ge=1)
     out: Optional[str] = MISSING
-    n_videos: int = MISSING
-    video_size: int = MISSING
+    n_videos: int = bounded(ge=0)
+    video_size: int = bounded(ge=16)
     device: str = MISSING
     executor: Optional[str] = MISSING
-    latency_s: float = MISSING
+    latency_s: float = bounded(ge=0)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -68,7 +68,10 @@ def n_action_steps_for(checkpoint: str, override: int | None) -> int:
     return int(read_chunk_spec(checkpoint).n_action_steps if override is None else override)
 
 
-def eval_config(overrides: list[str]) -> Any:
+SCHEMA = EvalConfig
+
+
+def load_config(overrides: list[str]) -> Any:
     rest, policy = split_policy_override(overrides)
     cfg = validate(compose("eval", rest), EvalConfig)
     if policy is not None:
@@ -95,7 +98,7 @@ def evaluate_with(cfg: Any) -> dict[str, Any]:
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (eval takes key=value overrides only)")
-    result = evaluate_with(eval_config(overrides))
+    result = evaluate_with(load_config(overrides))
     lo, hi = result["ci95"]
     print(f"{result['task']} / {result['policy']}: success {result['success_rate']:.3f} "
           f"(95 % CI {lo:.3f}-{hi:.3f}) over {result['episodes']} episodes, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from robodiff.errors import UserError
-from robodiff.quickstart import quickstart_config, run_quickstart
+from robodiff.quickstart import QuickstartConfig, quickstart_config, run_quickstart
 
 HELP = """
 usage: robodiff quickstart [out=DIR] [seed=S] [key=value ...] [--json]
@@ -18,6 +18,10 @@ keys (robodiff/conf/quickstart.yaml): out seed task demos train_steps batch_size
   n_obs_steps n_action_steps device eval.episodes eval.seed eval.n_envs eval.n_videos
 --json: last stdout line {"success_rate", "demos", "train_seconds", "eval_episodes", ...}
 """
+
+
+SCHEMA = QuickstartConfig
+load_config = quickstart_config
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:

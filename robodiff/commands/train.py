@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from omegaconf import DictConfig
@@ -10,7 +11,7 @@ from robodiff.config import compose
 from robodiff.errors import UserError
 from robodiff.eval import evaluate
 from robodiff.sim.tasks import load_task
-from robodiff.train.config import load
+from robodiff.train.config import TrainConfig, load
 from robodiff.train.trainer import Rollout, saved_task, train
 
 HELP = """
@@ -53,7 +54,16 @@ def train_with(cfg: DictConfig) -> dict[str, Any]:
     return train(cfg, spec.name, list(spec.policy_inputs), rollout_for(task, cfg.eval))
 
 
+SCHEMA = TrainConfig
+load_config = load
+
+
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any]:
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (train takes key=value overrides only)")
-    return train_with(load(overrides))
+    summary = train_with(load(overrides))
+    if summary.get("interrupted"):
+        print(f"interrupted at step {summary['steps']}: checkpoint {summary['checkpoint']}; continue with "
+              f"`robodiff train run_dir={summary['run_dir']} resume=true`", file=sys.stderr)
+        summary["_exit_code"] = 130
+    return summary

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from robodiff.control.clock import realtime_priority, restore_priority
 from robodiff.control.safety import EStop, SafeRobot
 from robodiff.control.sources import ActionSource
+from robodiff.progress import progress_bar
 
 Outcome = Callable[[], dict[str, Any]]
 Keep = Callable[[dict[str, Any]], None]
@@ -66,7 +66,7 @@ class EpisodeLoop:
         values and the clock's, source's and safety layer's statistics."""
         clock, robot = self.clock, self.robot
         total = None if duration_s is None else int(round(duration_s / clock.period_s))
-        bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr, disable=not self.progress,
+        bar = progress_bar(total=total, desc=self.desc, unit="step", disable=not self.progress,
                    mininterval=1.0)
         # A background inference thread running Python code keeps the GIL for up to the switch
         # interval (5 ms by default) before the woken control thread gets it: shorten it.

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import MISSING
 
+from robodiff.config import bounded, unbounded
 from robodiff.errors import ConfigError
 from robodiff.hal.base import Robot, robot_limits
 
@@ -35,12 +36,12 @@ from robodiff.hal.base import Robot, robot_limits
 class SafetyConfig:
     """`safety.*` of collect, eval and deploy (defaults in their YAML)."""
 
-    low: Optional[list[float]] = MISSING
-    high: Optional[list[float]] = MISSING
+    low: Optional[list[float]] = unbounded()
+    high: Optional[list[float]] = unbounded()
     rate_limit: bool = MISSING
-    max_delta: Optional[Any] = MISSING
-    max_delta_fraction: float = MISSING
-    watchdog_s: Optional[float] = MISSING
+    max_delta: Optional[Any] = bounded(gt=0)  # one bound for every joint, or a list of them
+    max_delta_fraction: float = bounded(gt=0, le=1)
+    watchdog_s: Optional[float] = bounded(gt=0)
 
 
 @dataclass(frozen=True)

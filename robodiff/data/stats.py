@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from robodiff.data.store import EpisodeStore
+from robodiff.paths import write_text_atomic
 
 
 class RunningStats:
@@ -74,7 +75,7 @@ def cached_stats(store: EpisodeStore, keys: list[str]) -> dict[str, dict]:
             pass
     stats = compute_stats(store, keys)
     try:
-        cache.write_text(json.dumps({"fingerprint": fingerprint, "stats": stats}))
+        write_text_atomic(cache, json.dumps({"fingerprint": fingerprint, "stats": stats}))
     except OSError:
         pass  # a read-only dataset location still trains; the pass is just repeated next time
     return stats

@@ -6,16 +6,30 @@
 
 An episode is committed by appending its data first and `meta/episode_ends` last, so a writer
 killed at any point leaves every earlier episode intact and at most an uncommitted tail that
-readers ignore and `repair()` truncates.
+readers ignore and `repair()` truncates. After `meta/episode_ends`, the number of committed
+episodes is also written to the attributes: `repair()` compares the two and refuses to truncate
+when the commit record itself was damaged (an emptied `episode_ends` would otherwise turn every
+frame into a "tail").
+
+Our stores write every chunk, even one that is all fill value (zarr skips those by default, so a
+black frame or a zero action would be indistinguishable from a deleted chunk file), and say so
+with `complete_chunks: true` in their attributes; a missing chunk in such a store is an error.
+One writer at a time: a writable store holds an exclusive lock on `<store>/.robodiff.lock`.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
+import signal
+import sys
+import threading
 import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +38,16 @@ import numpy as np
 import zarr
 from numcodecs.compat import ensure_contiguous_ndarray
 from zarr.core.array import AsyncArray
+from zarr.core.sync import sync
 
-from robodiff.errors import StoreError
+from robodiff.errors import NotAStoreError, StoreError, UserError
 from robodiff.features import Feature, Features, features_from_dict, features_to_dict, infer_feature
 
 FORMAT_VERSION = 1
 LOWDIM_CHUNK_BYTES = 2 * 1024 * 1024
+LOCK_FILE = ".robodiff.lock"
+# Written to every array we open for writing: a chunk of fill values is still a chunk file.
+WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
 
 
 class CheckedBlosc(numcodecs.Blosc):
@@ -90,6 +108,79 @@ def append_data_first(arr: zarr.Array, values: np.ndarray) -> None:
     arr.resize(new_shape)
 
 
+def ends_problems(ends: np.ndarray) -> list[str]:
+    """What is wrong with a commit record: episodes must have frames and ends must increase."""
+    if len(ends) and ends[0] <= 0:
+        return [f"meta/episode_ends[0] is {int(ends[0])}: the first episode is empty"]
+    bad = np.nonzero(np.diff(ends) <= 0)[0]
+    if len(bad):
+        i = int(bad[0])
+        return [f"meta/episode_ends is not increasing at index {i + 1} "
+                f"({int(ends[i])} -> {int(ends[i + 1])}; {len(bad)} such places)"]
+    return []
+
+
+def _member_names(group: zarr.Group) -> list[str]:
+    """Names of a group's children, listed from the store itself: zarr's `array_keys()` parses
+    every member's metadata and fails as a whole when one array's metadata is garbage."""
+    store, prefix = group.store_path.store, group.store_path.path
+
+    async def names() -> list[str]:
+        return [name async for name in store.list_dir(prefix)]
+
+    return sorted(n for n in sync(names()) if not n.startswith(".") and n != "zarr.json")
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a commit is written; delivered right after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: installed outside Python, cannot be restored
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
+def _acquire_lock(path: Path) -> int:
+    lock = path / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot be written ({exc.strerror}); a read-only store can be "
+                         f"read but not changed") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise StoreError(f"{path}: another process (pid {holder or '?'}) is writing to this store; "
+                         f"one writer at a time") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _attrs_of(root: zarr.Group, path: Path) -> dict[str, Any]:
+    try:
+        meta = root.attrs.get("robodiff", {})
+    except Exception as exc:  # garbage .zattrs / zarr.json attributes
+        raise StoreError(f"{path}: unreadable attributes ({type(exc).__name__}: {_first_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: attribute 'robodiff' is {type(meta).__name__}, expected a mapping")
+    return dict(meta)
+
+
 class EpisodeStore:
     """Create with `EpisodeStore.create`, open with `EpisodeStore.open`."""
 
@@ -98,22 +189,39 @@ class EpisodeStore:
         self.path = path
         self.writable = writable
         self._zip_store = zip_store
-        meta = dict(root.attrs.get("robodiff", {}))
-        self.fps: float | None = meta.get("fps")
-        self.task: str | None = meta.get("task")
-        self.robot: str | None = meta.get("robot")
-        self.id: str | None = meta.get("id")
-        data = self._data_group()
+        self._lock_fd: int | None = _acquire_lock(path) if writable else None
         self._arrays: dict[str, zarr.Array] = {}
         self._direct: dict[str, bool] = {}
-        # Foreign stores (reference layout, no robodiff attrs) get features inferred from the
-        # arrays; their dtypes are then not a contract that `validate` can check.
-        self.declared_features = "features" in meta
-        if self.declared_features:
-            self.features: Features = features_from_dict(meta["features"])
-        else:
-            self.features = {k: infer_feature(k, data[k]) for k in sorted(data.array_keys())}
         self._ends_cache: np.ndarray | None = None
+        # Arrays whose missing chunks were reported already (by the integrity check or a read).
+        self.missing_reported: set[str] = set()
+        try:
+            meta = _attrs_of(root, path)
+            self.fps: float | None = meta.get("fps")
+            self.task: str | None = meta.get("task")
+            self.robot: str | None = meta.get("robot")
+            self.id: str | None = meta.get("id")
+            # Chunk files of every committed frame exist (our writer); else a missing one reads as
+            # the fill value and can only be warned about.
+            self.complete_chunks = meta.get("complete_chunks") is True
+            committed = meta.get("episodes")
+            self.recorded_episodes: int | None = committed if isinstance(committed, int) else None
+            # Foreign stores (reference layout, no robodiff attrs) get features inferred from the
+            # arrays; their dtypes are then not a contract that `validate` can check.
+            self.declared_features = "features" in meta
+            if self.declared_features:
+                try:
+                    self.features: Features = features_from_dict(meta["features"])
+                except UserError as exc:
+                    raise StoreError(f"{path}: malformed features block in its attributes ({exc})") from None
+                except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                    raise StoreError(f"{path}: malformed features block in its attributes "
+                                     f"({type(exc).__name__}: {_first_line(exc)})") from None
+            else:
+                self.features = {k: infer_feature(k, self.array(k)) for k in self.array_names()}
+        except BaseException:
+            self.close()
+            raise
 
     # ---------------------------------------------------------------- creation and opening
     @classmethod
@@ -122,7 +230,7 @@ class EpisodeStore:
                extra_attrs: Mapping[str, Any] | None = None) -> "EpisodeStore":
         path = Path(path)
         if path.exists() and not overwrite:
-            raise StoreError(f"{path}: already exists (pass overwrite to replace it)")
+            raise StoreError(f"{path}: already exists")
         if path.exists():
             shutil.rmtree(path)
         root = zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -130,12 +238,12 @@ class EpisodeStore:
         meta = root.create_group("meta")
         for key, feat in features.items():
             data.create_array(key, shape=(0, *feat.shape), chunks=chunk_shape(feat), dtype=feat.dtype,
-                              compressors=default_compressor(), fill_value=0)
+                              compressors=default_compressor(), fill_value=0, config=WRITE_ALL_CHUNKS)
         meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64",
-                          compressors=None, fill_value=0)
+                          compressors=None, fill_value=0, config=WRITE_ALL_CHUNKS)
         # `id` tells caches next to the store (normalizer stats) that it was recreated.
         attrs = {"version": FORMAT_VERSION, "id": uuid.uuid4().hex, "fps": fps, "task": task, "robot": robot,
-                 "features": features_to_dict(features)}
+                 "features": features_to_dict(features), "complete_chunks": True, "episodes": 0}
         if extra_attrs:
             attrs.update(extra_attrs)
         root.attrs["robodiff"] = attrs
@@ -146,14 +254,14 @@ class EpisodeStore:
         """Open a directory store (Zarr format 2 or 3) or a `.zarr.zip` (read-only)."""
         path = Path(path)
         if not path.exists():
-            raise StoreError(f"{path}: no such episode store")
+            raise NotAStoreError(f"{path}: no such episode store")
         zip_store = None
         try:
             if is_zip(path):
                 if mode != "r":
                     raise StoreError(f"{path}: zip stores are read-only")
                 if not zipfile.is_zipfile(path):
-                    raise StoreError(f"{path}: not a zip file")
+                    raise NotAStoreError(f"{path}: not a zip file")
                 zip_store = zarr.storage.ZipStore(str(path), mode="r")
                 root = zarr.open_group(zip_store, mode="r")
             else:
@@ -161,15 +269,27 @@ class EpisodeStore:
         except StoreError:
             raise
         except Exception as exc:  # zarr raises several types for "not a group"
-            raise StoreError(f"{path}: not a Zarr episode store ({type(exc).__name__}: {exc})") from None
-        if "data" not in root or "meta" not in root or "episode_ends" not in root["meta"]:
-            raise StoreError(f"{path}: not an episode store (needs data/ and meta/episode_ends)")
+            raise NotAStoreError(f"{path}: not a Zarr episode store ({type(exc).__name__}: "
+                                 f"{_first_line(exc)})") from None
+        try:
+            is_store = "data" in root and "meta" in root and "episode_ends" in root["meta"]
+        except Exception as exc:  # a member's metadata is garbage: a damaged store, not a foreign one
+            raise StoreError(f"{path}: unreadable metadata ({type(exc).__name__}: {_first_line(exc)})") from None
+        if not is_store:
+            raise NotAStoreError(f"{path}: not an episode store (needs data/ and meta/episode_ends)")
         return cls(root, path, writable=(mode != "r"), zip_store=zip_store)
 
     def close(self) -> None:
         if self._zip_store is not None:
             self._zip_store.close()
             self._zip_store = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)
 
     def __enter__(self) -> "EpisodeStore":
         return self
@@ -181,13 +301,23 @@ class EpisodeStore:
     def _data_group(self) -> zarr.Group:
         return self.root["data"]
 
+    def array_names(self) -> list[str]:
+        """Every array under data/, whether or not its metadata parses."""
+        return _member_names(self._data_group())
+
     def array(self, key: str) -> zarr.Array:
         # Cached: opening an array re-reads its metadata, which would dominate per-window reads.
         if key not in self._arrays:
             try:
-                self._arrays[key] = self._data_group()[key]
+                arr = self._data_group()[key]
             except KeyError:
                 raise StoreError(f"{self.path}: no array data/{key}") from None
+            except Exception as exc:  # garbage .zarray / zarr.json
+                raise StoreError(f"{self.path}: data/{key} has unreadable array metadata "
+                                 f"({type(exc).__name__}: {_first_line(exc)})") from None
+            if not isinstance(arr, zarr.Array):
+                raise StoreError(f"{self.path}: data/{key} is a group, not an array")
+            self._arrays[key] = arr.with_config(WRITE_ALL_CHUNKS) if self.writable else arr
         return self._arrays[key]
 
     def chunk_file(self, key: str, row: int) -> str:
@@ -196,6 +326,9 @@ class EpisodeStore:
         coords = (row // arr.chunks[0],) + (0,) * (len(arr.shape) - 1)
         member = f"data/{key}/{arr.metadata.encode_chunk_key(coords)}"
         return f"{self.path}::{member}" if self._zip_store is not None else str(self.path / member)
+
+    def _ends_array(self) -> zarr.Array:
+        return self.root["meta"]["episode_ends"].with_config(WRITE_ALL_CHUNKS)
 
     @property
     def keys(self) -> list[str]:
@@ -209,6 +342,9 @@ class EpisodeStore:
             except Exception as exc:  # a truncated chunk or unreadable metadata
                 raise StoreError(f"{self.path}: cannot read meta/episode_ends "
                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
+            if self._ends_cache.ndim != 1:
+                raise StoreError(f"{self.path}: meta/episode_ends has shape {list(self._ends_cache.shape)}, "
+                                 f"expected one dimension")
         return self._ends_cache
 
     @property
@@ -227,6 +363,10 @@ class EpisodeStore:
         k %= n
         ends = self.episode_ends
         return (int(ends[k - 1]) if k > 0 else 0), int(ends[k])
+
+    def episode_of(self, row: int) -> int:
+        """The committed episode holding frame `row` (n_episodes for a frame past the last end)."""
+        return int(np.searchsorted(self.episode_ends, row, side="right"))
 
     def episode_lengths(self) -> np.ndarray:
         return np.diff(np.concatenate([[0], self.episode_ends]))
@@ -268,8 +408,8 @@ class EpisodeStore:
             file = folder / meta.encode_chunk_key((row, *tail))
             try:
                 raw = file.read_bytes()
-            except FileNotFoundError:  # never written: zarr reads the fill value
-                out[i] = meta.fill_value or 0
+            except FileNotFoundError:
+                out[i] = self._missing_chunk(key, row, str(file), meta.fill_value or 0)
                 continue
             try:
                 if meta.compressor is None:
@@ -279,6 +419,20 @@ class EpisodeStore:
             except Exception as exc:
                 raise StoreError(f"{file}: corrupt chunk ({type(exc).__name__}: {_first_line(exc)})") from None
         return out
+
+    def _missing_chunk(self, key: str, row: int, file: str, fill: Any) -> Any:
+        """A chunk file that is not there: an error where every chunk was written, else zarr's
+        fill value with one warning per array."""
+        if row >= self.n_frames:  # an uncommitted frame may never have been written
+            return fill
+        where = f"{file}: chunk file is missing (data/{key} frame {row}, episode {self.episode_of(row)})"
+        if self.complete_chunks:
+            raise StoreError(where)
+        if key not in self.missing_reported:
+            self.missing_reported.add(key)
+            print(f"warning: {where}; this store does not say that it wrote every chunk, so the frame "
+                  f"is read as the fill value {fill}", file=sys.stderr)
+        return fill
 
     def _decode_error(self, key: str, start: int, stop: int) -> str:
         arr = self.array(key)
@@ -310,7 +464,10 @@ class EpisodeStore:
             raise StoreError(f"{self.path}: opened read-only")
 
     def append_episode(self, episode: Mapping[str, np.ndarray]) -> int:
-        """Append one episode (all keys, equal lengths) and commit it. Returns its index."""
+        """Append one episode (all keys, equal lengths) and commit it. Returns its index.
+
+        Ctrl-C waits for the commit; a write that fails (full disk, vanished directory) takes the
+        partial data back off and raises a StoreError, leaving the committed episodes as they were."""
         self._require_writable()
         missing = set(self.keys) - set(episode)
         extra = set(episode) - set(self.keys)
@@ -323,25 +480,74 @@ class EpisodeStore:
         length = next(iter(lengths.values()))
         if length == 0:
             raise StoreError(f"{self.path}: empty episode")
-        if self.uncommitted_tail():
-            self.repair()
         arrays = {key: np.asarray(episode[key]) for key in self.features}
         for key, feat in self.features.items():  # all checked before anything is written
             if tuple(arrays[key].shape[1:]) != feat.shape:
                 raise StoreError(f"{self.path}: '{key}' has shape {list(arrays[key].shape[1:])} per step, "
                                  f"the store expects {list(feat.shape)}")
+        if self.uncommitted_tail():
+            self.repair()
         start = self.n_frames
-        for key, arr in arrays.items():
-            # The array's own dtype: a foreign store's inferred features may be narrower than it.
-            self.array(key).append(arr.astype(self.array(key).dtype, copy=False), axis=0)
-        append_data_first(self.root["meta"]["episode_ends"], np.array([start + length], dtype=np.int64))
-        self._ends_cache = None
+        short = {k: int(self.array(k).shape[0]) for k in self.keys if self.array(k).shape[0] != start}
+        if short:  # new frames would land at different indices in different arrays
+            key = min(short)
+            raise StoreError(f"{self.path}: refusing to append: data/{key} has {short[key]} frames, not the "
+                             f"{start} that meta/episode_ends commits")
+        with interrupts_deferred():
+            try:
+                for key, arr in arrays.items():
+                    # The array's own dtype: a foreign store's inferred features may be narrower.
+                    self.array(key).append(arr.astype(self.array(key).dtype, copy=False), axis=0)
+                append_data_first(self._ends_array(), np.array([start + length], dtype=np.int64))
+            except OSError as exc:
+                self._ends_cache = None
+                self._take_back(start)
+                reason = exc.strerror or _first_line(exc)
+                if exc.errno == errno.ENOSPC:
+                    reason = "no space left on the device"
+                raise StoreError(f"{self.path}: could not write episode {self.n_episodes} ({reason}); "
+                                 f"the {self.n_episodes} committed episodes are intact") from None
+            self._ends_cache = None
+            self.set_attrs(episodes=self.n_episodes)
         return self.n_episodes - 1
+
+    def _take_back(self, n: int) -> None:
+        """Best effort after a failed write: the partial data would otherwise wait for a repair."""
+        for key in self.keys:
+            try:
+                arr = self.array(key)
+                if arr.shape[0] > n:
+                    arr.resize((n, *arr.shape[1:]))
+            except Exception:  # noqa: BLE001 - the store is already failing; readers ignore a tail
+                pass
+
+    def repair_plan(self) -> dict[str, int]:
+        """The frames `repair()` would drop per key; a StoreError when the commit record is not
+        trustworthy (the truncation would then delete committed data)."""
+        ends = self.episode_ends
+        problems = ends_problems(ends)
+        n = self.n_frames
+        lengths = {k: int(self.array(k).shape[0]) for k in self.keys}
+        short = sorted(k for k, v in lengths.items() if v < n)
+        if short:
+            problems.append(f"data/{short[0]} has {lengths[short[0]]} frames, fewer than the {n} that "
+                            f"meta/episode_ends commits")
+        if self.recorded_episodes is not None and self.recorded_episodes > len(ends):
+            problems.append(f"meta/episode_ends holds {len(ends)} episodes but {self.recorded_episodes} "
+                            f"were committed")
+        elif self.recorded_episodes is None and not len(ends) and any(lengths.values()):
+            problems.append("meta/episode_ends is empty but the arrays hold data")
+        tail = {k: v - n for k, v in lengths.items() if v > n}
+        if problems and tail:
+            loss = ", ".join(f"{v} frames of data/{k}" for k, v in sorted(tail.items())) or "nothing"
+            raise StoreError(f"{self.path}: refusing to repair: {problems[0]}; truncating to the commit "
+                             f"record would delete {loss}")
+        return tail
 
     def repair(self) -> dict[str, int]:
         """Truncate the uncommitted tail. Returns the frames dropped per key."""
         self._require_writable()
-        tail = self.uncommitted_tail()
+        tail = self.repair_plan()
         n = self.n_frames
         for key in tail:
             arr = self.array(key)
@@ -350,12 +556,14 @@ class EpisodeStore:
 
     def set_attrs(self, **attrs: Any) -> None:
         self._require_writable()
-        meta = dict(self.root.attrs.get("robodiff", {}))
+        meta = _attrs_of(self.root, self.path)
         meta.update(attrs)
         self.root.attrs["robodiff"] = meta
         self.fps = meta.get("fps")
         self.task = meta.get("task")
         self.robot = meta.get("robot")
+        committed = meta.get("episodes")
+        self.recorded_episodes = committed if isinstance(committed, int) else None
 
     def info(self) -> dict[str, Any]:
         lengths = self.episode_lengths()

@@ -17,6 +17,7 @@ import av
 import numpy as np
 
 from robodiff.errors import StoreError
+from robodiff.paths import replaced
 
 SIZE_TAG = re.compile(r"robodiff:size=(\d+)x(\d+)")
 # Container timestamps are rounded to the stream time base and low-dim timestamps are often
@@ -38,7 +39,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
     _, height, width, _ = frames.shape
     pad_h, pad_w = height % 2, width % 2
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    with replaced(path) as tmp, av.open(str(tmp), mode="w") as container:
         container.metadata["comment"] = f"robodiff:size={width}x{height}"
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1_000_000))
         stream.width, stream.height = width + pad_w, height + pad_h

@@ -5,23 +5,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from robodiff.control.executors import check_executor, check_n_action_steps
 from robodiff.errors import UserError
 from robodiff.eval.report import default_out, plot_results
 from robodiff.eval.rollouts import COUNTERS, EvalSpec, rows
 from robodiff.eval.stats import wilson_interval
-from robodiff.policy.checkpoint import read_chunk_spec, require_guided_checkpoint
+from robodiff.policy.checkpoint import load_policy, read_chunk_spec, require_guided_checkpoint
 from robodiff.policy.fast_inference import for_deployment
 from robodiff.policy.guided import require_guided
 from robodiff.sim.tasks import as_task
+from robodiff.progress import progress_bar
 
 POLICY_NAMES = ("expert", "random")
 
@@ -83,24 +84,60 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
                 require_guided_checkpoint(str(checkpoint))
             else:
                 require_guided(for_deployment(policy))
+    if checkpoint is not None:
+        # Load it here, before any episode: a checkpoint that does not load is one line, not an
+        # error from a worker. One process runs the episodes with this copy; workers load their own.
+        loaded = load_policy(checkpoint, device=device)
+        policy = loaded if n_envs <= 1 else None
     label = policy_name or (str(checkpoint) if checkpoint is not None else type(policy).__name__)
     out_dir = Path(out) if out is not None else default_out("eval", f"{spec_task.name}_{Path(label).name}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Everything is written beside the previous results and replaces them only once complete: a
+    # failed or interrupted evaluation leaves an earlier one in the same folder as it was.
+    staging = out_dir / f".eval-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
     n_envs = min(n_envs, episodes)
     spec = EvalSpec(task=task if isinstance(task, (str, os.PathLike)) else spec_task,
                     controller=policy_name or "policy",
                     checkpoint=None if checkpoint is None else str(checkpoint), policy=policy,
-                    n_action_steps=n_action_steps, device=device, out=str(out_dir), n_videos=n_videos,
+                    n_action_steps=n_action_steps, device=device, out=str(staging),
+                    results_dir=str(out_dir), n_videos=n_videos,
                     video_size=video_size,
                     safety=OmegaConf.to_container(safety, resolve=True),
                     threads=max(1, (os.cpu_count() or 1) // n_envs) if n_envs > 1 else None,
                     executor=executor, latency_s=float(latency_s))
+    try:
+        summary = _run(spec, spec_task.name, label, episodes, seed, n_envs)
+        publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move each file and folder of `staging` into `out_dir`, replacing what is there: a file by
+    one rename, a folder by renaming the old one away first."""
+    for item in sorted(staging.iterdir()):
+        target = out_dir / item.name
+        if item.is_dir() and target.exists():
+            old = out_dir / f".{item.name}.old-{os.getpid()}"
+            os.rename(target, old)
+            os.rename(item, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(item, target)
+
+
+def _run(spec: EvalSpec, task_name: str, label: str, episodes: int, seed: int, n_envs: int) -> dict[str, Any]:
+    """The episodes of `spec`, written to its staging folder; the summary names `results_dir`."""
+    staging, out_dir = Path(spec.out), Path(spec.results_dir)
     jobs = [(i, seed + i) for i in range(episodes)]
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
-    with open(out_dir / "episodes.jsonl", "w") as log:
-        bar = tqdm(rows(spec, jobs, n_envs), total=episodes, desc=f"eval {spec_task.name}",
-                   unit="ep", dynamic_ncols=True)
+    with open(staging / "episodes.jsonl", "w") as log:
+        bar = progress_bar(rows(spec, jobs, n_envs), total=episodes, desc=f"eval {task_name}", unit="ep")
         for row in bar:
             results.append(row)
             log.write(json.dumps(row) + "\n")
@@ -109,7 +146,7 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
     successes = sum(r["success"] for r in results)
     lo, hi = wilson_interval(successes, len(results))
     summary = {
-        "task": spec_task.name,
+        "task": task_name,
         "policy": label,
         "success_rate": successes / len(results),
         "mean_score": float(np.mean([r["score"] for r in results])),
@@ -119,18 +156,18 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
         "mean_length": float(np.mean([r["length"] for r in results])),
         "seed": seed,
         "n_envs": n_envs,
-        "n_action_steps": n_action_steps,
-        "executor": executor,
-        "latency_s": latency_s,
+        "n_action_steps": spec.n_action_steps,
+        "executor": spec.executor,
+        "latency_s": spec.latency_s,
         "safety_rate_limit": bool(spec.safety["rate_limit"]),
-        **({k: sum(r[k] for r in results) for k in COUNTERS} if executor is not None else {}),
+        **({k: sum(r[k] for r in results) for k in COUNTERS} if spec.executor is not None else {}),
         "seconds": round(time.perf_counter() - started, 2),
         "out": str(out_dir),
         "videos": [r["video"] for r in results if "video" in r],
         "plot": str(out_dir / "eval.png"),
     }
-    plot_results(results, out_dir / "eval.png",
-                 f"{spec_task.name} / {Path(label).name}: success {summary['success_rate']:.2f} "
+    plot_results(results, staging / "eval.png",
+                 f"{task_name} / {Path(label).name}: success {summary['success_rate']:.2f} "
                  f"[{lo:.2f}, {hi:.2f}], mean score {summary['mean_score']:.3f}")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from robodiff.paths import replaced  # noqa: E402
+
 
 def plot_results(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     scores = np.array([r["score"] for r in rows])
@@ -27,7 +29,8 @@ def plot_results(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax2.set_title("score histogram")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replaced(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -64,7 +64,8 @@ class EvalSpec:
     policy: Any
     n_action_steps: int | None
     device: str
-    out: str
+    out: str  # where this run writes (a staging folder)
+    results_dir: str  # where its results are published when it completes (paths in rows name it)
     n_videos: int
     video_size: int
     safety: dict[str, Any]
@@ -132,9 +133,9 @@ class EpisodeRunner:
         if self.spec.executor is not None:
             row.update({k: int(stats[k]) for k in COUNTERS})
         if record:
-            path = Path(self.spec.out) / "videos" / f"episode_{index:03d}_seed{seed}.mp4"
-            write_video(path, np.stack(frames), fps=float(self.task.fps))
-            row["video"] = str(path)
+            name = Path("videos") / f"episode_{index:03d}_seed{seed}.mp4"
+            write_video(Path(self.spec.out) / name, np.stack(frames), fps=float(self.task.fps))
+            row["video"] = str(Path(self.spec.results_dir) / name)
         return row
 
     def close(self) -> None:

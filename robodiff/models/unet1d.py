@@ -71,6 +71,8 @@ class ConditionalUnet1D(nn.Module):
         if horizon % factor != 0:
             raise ConfigError(f"policy.horizon={horizon} must be divisible by {factor} "
                               f"(2**(len(policy.denoiser.down_dims)-1) for down_dims {down_dims})")
+        if kernel_size % 2 == 0:  # "same" padding keeps the horizon only for odd kernels
+            raise ConfigError(f"policy.denoiser.kernel_size={kernel_size} must be odd")
         for d in down_dims:
             if d % n_groups != 0:
                 raise ConfigError(f"policy.denoiser.down_dims entry {d} is not divisible by n_groups={n_groups}")

@@ -27,6 +27,7 @@ from robodiff.features import features_from_dict
 from robodiff.policy.base import ChunkSpec
 from robodiff.policy.diffusion import inference_scheduler_name
 from robodiff.policy.factory import build_policy, samples_with_ddim
+from robodiff.policy.schema import check_policy_config
 
 WEIGHTS = "model.safetensors"
 META = "policy.json"
@@ -153,9 +154,17 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def read_policy_meta(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = resolve_checkpoint(path)
     try:
-        return json.loads((ckpt / META).read_text())
+        meta = json.loads((ckpt / META).read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{ckpt / META}: not a text file (expected JSON)") from None
     except ValueError as exc:
         raise UserError(f"{ckpt / META}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{ckpt / META}: expected a JSON object, got {type(meta).__name__}")
+    for key in ("policy", "features"):
+        if not isinstance(meta.get(key), dict):
+            raise UserError(f"{ckpt / META}: missing or malformed '{key}'")
+    return meta
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
@@ -184,28 +193,47 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{file}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
-def _checked_meta(ckpt: Path) -> dict[str, Any]:
-    meta = read_policy_meta(ckpt)
-    for key in ("policy", "features"):
-        if key not in meta:
-            raise UserError(f"{ckpt / META}: missing '{key}'")
-    return meta
+def _features(meta: dict[str, Any], ckpt: Path) -> Any:
+    try:
+        return features_from_dict(meta["features"])
+    except UserError as exc:
+        raise UserError(f"{ckpt / META}: malformed features ({exc})") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{ckpt / META}: malformed features ({type(exc).__name__}: {exc})") from None
 
 
 def read_chunk_spec(path: str | os.PathLike) -> ChunkSpec:
     """The checkpoint's chunk lengths, keys and features, without building or loading the network."""
-    meta = _checked_meta(resolve_checkpoint(path))
-    return ChunkSpec.from_config(meta["policy"], features_from_dict(meta["features"]))
+    ckpt = resolve_checkpoint(path)
+    meta = read_policy_meta(ckpt)
+    try:
+        return ChunkSpec.from_config(meta["policy"], _features(meta, ckpt))
+    except UserError as exc:
+        raise UserError(f"{ckpt / META}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{ckpt / META}: malformed policy config ({type(exc).__name__}: {exc})") from None
 
 
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> torch.nn.Module:
     """Rebuild the policy from `policy.json` and load its (EMA) weights; returned in eval mode."""
     ckpt = resolve_checkpoint(path)
-    meta = _checked_meta(ckpt)
-    policy = build_policy(meta["policy"], features_from_dict(meta["features"]), meta.get("stats"))
+    meta = read_policy_meta(ckpt)
+    features = _features(meta, ckpt)
+    try:
+        check_policy_config(meta["policy"])
+        policy = build_policy(meta["policy"], features, meta.get("stats"))
+    except UserError as exc:
+        raise UserError(f"{ckpt / META}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:  # stats or a config that the schema lets through
+        raise UserError(f"{ckpt / META}: does not build a policy ({type(exc).__name__}: {exc})") from None
     weights = read_weights(ckpt)
     state = (weights["ema"] if ema else {}) or weights["model"]
-    missing, unexpected = policy.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        first = str(exc).strip().splitlines()
+        raise UserError(f"{ckpt / WEIGHTS}: weights do not fit the policy in {META} "
+                        f"({' '.join(line.strip() for line in first[:2])})") from None
     if missing or unexpected:
         raise UserError(f"{ckpt / WEIGHTS}: weights do not fit the policy in {META} "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -11,8 +11,17 @@ import numpy as np
 from robodiff.errors import UserError
 
 
+NUMBER, RANGE, VECTOR = "number", "range", "vector"
+
+
 class TaskLogic:
-    """Runtime logic of a MuJoCo task: `observe`, `reset(model, data, rng)`, `evaluate`."""
+    """Runtime logic of a MuJoCo task: `observe`, `reset(model, data, rng)`, `evaluate`.
+
+    `CONFIG` declares the task-YAML blocks the logic (and its scripted expert) reads: a block is a
+    VECTOR of numbers, or a mapping of keys to NUMBER or RANGE ([low, high]). The task loader checks
+    a YAML against it, so a misspelt nested key is a one-line error naming it."""
+
+    CONFIG: dict[str, Any] = {}
 
     def __init__(self, task: Any, model) -> None:
         self.task = task
@@ -33,6 +42,36 @@ class TaskLogic:
     def evaluate(self, model, data) -> tuple[float, bool, dict]:
         """(score in [0, 1], success, extra info) for the current state."""
         raise NotImplementedError
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def check_logic_config(cfg: dict[str, Any], spec: dict[str, Any], path: Any) -> None:
+    """`cfg` (a task YAML) holds every block of `spec`, with exactly its keys and kinds of value."""
+    for block, keys in spec.items():
+        if block not in cfg:
+            raise UserError(f"{path}: missing key '{block}'")
+        value = cfg[block]
+        if keys == VECTOR:
+            if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+                raise UserError(f"{path}: '{block}' must be a list of numbers, got {value!r}")
+            continue
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: '{block}' must be a mapping of {', '.join(keys)}")
+        unknown = sorted(set(value) - set(keys))
+        if unknown:
+            raise UserError(f"{path}: unknown key '{block}.{unknown[0]}' (known: {', '.join(keys)})")
+        for key, kind in keys.items():
+            if key not in value:
+                raise UserError(f"{path}: missing key '{block}.{key}'")
+            item = value[key]
+            if kind == NUMBER and not _is_number(item):
+                raise UserError(f"{path}: '{block}.{key}' must be a number, got {item!r}")
+            if kind == RANGE and not (isinstance(item, list) and len(item) == 2 and all(map(_is_number, item))
+                                      and item[0] <= item[1]):
+                raise UserError(f"{path}: '{block}.{key}' must be [low, high] with low <= high, got {item!r}")
 
 
 def set_mocap_pose(model, data, body: str, pose: np.ndarray) -> None:

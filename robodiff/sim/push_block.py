@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodiff.sim.logic import TaskLogic, set_mocap_pose
+from robodiff.sim.logic import NUMBER, RANGE, VECTOR, TaskLogic, set_mocap_pose
 
 
 class PushBlock(TaskLogic):
+    CONFIG = {"goal": VECTOR, "success": {"radius": NUMBER}, "score": {"scale": NUMBER},
+              "reset": {"agent_x": RANGE, "agent_y": RANGE, "block_x": RANGE, "block_y": RANGE},
+              "expert": {"speed": NUMBER, "push_lead": NUMBER, "margin": NUMBER}}
+
     def __init__(self, task, model) -> None:
         super().__init__(task, model)
         self.goal = np.asarray(self.cfg["goal"], dtype=np.float64)
         self.radius = float(self.cfg["success"]["radius"])
-        self.score_scale = float(self.cfg.get("score", {}).get("scale", 250.0))
+        self.score_scale = float(self.cfg["score"]["scale"])
         self._block = self.qpos_adr(model, "block_x", "block_y")
         self._agent = self.qpos_adr(model, "agent_x", "agent_y")
         self.half_size = float(model.geom("block").size[0])

@@ -11,14 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 from robodiff.sim.coverage import T_PARTS, coverage, distance_to_parts, place
-from robodiff.sim.logic import TaskLogic, set_mocap_pose
+from robodiff.sim.logic import NUMBER, RANGE, VECTOR, TaskLogic, set_mocap_pose
 
 
 class PushT(TaskLogic):
+    CONFIG = {"goal": VECTOR, "success": {"coverage": NUMBER},
+              "reset": {"agent_x": RANGE, "agent_y": RANGE, "block_x": RANGE, "block_y": RANGE,
+                        "block_angle": RANGE, "clearance": NUMBER},
+              "expert": {"speed": NUMBER, "push_lead": NUMBER, "margin": NUMBER, "keep_ratio": NUMBER}}
+
     def __init__(self, task, model) -> None:
         super().__init__(task, model)
-        self.goal = np.asarray(self.cfg.get("goal", [256.0, 256.0, np.pi / 4]), dtype=np.float64)
-        self.threshold = float(self.cfg.get("success", {}).get("coverage", 0.95))
+        self.goal = np.asarray(self.cfg["goal"], dtype=np.float64)
+        self.threshold = float(self.cfg["success"]["coverage"])
         self._block = self.qpos_adr(model, "block_x", "block_y", "block_rot")
         self._agent = self.qpos_adr(model, "agent_x", "agent_y")
         self.agent_radius = float(model.geom("agent").size[0])

@@ -18,7 +18,7 @@ from robodiff.features import Feature, Features
 from robodiff.hal.hardware import load_hardware, read_yaml
 from robodiff.paths import resolve_yaml
 from robodiff.sim.gym_tasks import gym_task_features
-from robodiff.sim.logic import TaskLogic
+from robodiff.sim.logic import TaskLogic, check_logic_config
 from robodiff.sim.push_block import PushBlock
 from robodiff.sim.push_t import PushT
 
@@ -26,8 +26,9 @@ from robodiff.sim.push_t import PushT
 LOGIC: dict[str, type[TaskLogic]] = {"push_t": PushT, "push_block": PushBlock}
 
 COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features", "policy_inputs"}
+# A MuJoCo task also holds the blocks its logic declares (`TaskLogic.CONFIG`).
 KIND_KEYS = {
-    "mujoco": COMMON_KEYS | {"logic", "scene", "robot", "success", "score", "goal", "reset", "expert"},
+    "mujoco": COMMON_KEYS | {"logic", "scene", "robot"},
     "gym": COMMON_KEYS | {"gym_id", "gym_kwargs", "observation_map", "action_key", "success_key"},
 }
 REQUIRED = {
@@ -98,13 +99,19 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     kind = cfg.get("kind", "mujoco")
     if kind not in KIND_KEYS:
         raise UserError(f"{path}: unknown task kind '{kind}' (known: {', '.join(KIND_KEYS)})")
-    unknown = sorted(set(cfg) - KIND_KEYS[kind])
-    if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}' for a {kind} task "
-                        f"(known: {', '.join(sorted(KIND_KEYS[kind]))})")
     for key in REQUIRED[kind]:
         if cfg.get(key) is None:
             raise UserError(f"{path}: missing key '{key}'")
+    logic = LOGIC.get(str(cfg["logic"])) if kind == "mujoco" else None
+    if kind == "mujoco" and logic is None:
+        raise UserError(f"{path}: unknown logic '{cfg['logic']}' (known: {', '.join(LOGIC)})")
+    known = KIND_KEYS[kind] | set(logic.CONFIG if logic is not None else ())
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown key '{unknown[0]}' for a {kind} task "
+                        f"(known: {', '.join(sorted(known))})")
+    if logic is not None:
+        check_logic_config(cfg, logic.CONFIG, path)
     try:
         fps, max_steps = float(cfg["fps"]), int(cfg["max_steps"])
     except (TypeError, ValueError):
@@ -113,8 +120,6 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
         features = gym_task_features(cfg, path)
         scene, robot = None, None
     else:
-        if cfg["logic"] not in LOGIC:
-            raise UserError(f"{path}: unknown logic '{cfg['logic']}' (known: {', '.join(LOGIC)})")
         scene = (path.parent / str(cfg["scene"])).resolve()
         if not scene.is_file():
             raise UserError(f"{path}: scene MJCF '{cfg['scene']}' not found ({scene})")

@@ -3,44 +3,46 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from robodiff.config import compose, validate
+from robodiff.config import bounded, compose, validate
 from robodiff.errors import ConfigError
+from robodiff.policy.schema import check_policy_config
 
 
 @dataclass
 class TrainingConfig:
-    steps: int = 5000
-    batch_size: Any = None  # int | None
-    num_workers: Any = None  # int | None
+    steps: int = bounded(5000, ge=1)
+    batch_size: Optional[int] = bounded(None, ge=1)
+    num_workers: Optional[int] = bounded(None, ge=0)
     cache: str = "auto"
-    cache_max_gb: float = 4.0
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
-    weight_decay: float = 1e-6
+    cache_max_gb: float = bounded(4.0, ge=0)
+    lr: float = bounded(1e-4, gt=0)
+    betas: list[float] = bounded(ge=0, lt=1, factory=lambda: [0.95, 0.999])
+    weight_decay: float = bounded(1e-6, ge=0)
     lr_scheduler: str = "cosine"
-    lr_warmup_steps: int = 500
-    grad_clip_norm: Any = 1.0  # float | None
+    lr_warmup_steps: int = bounded(500, ge=0)
+    grad_clip_norm: Optional[float] = bounded(1.0, gt=0)
     amp: Any = "auto"  # auto | true | false
     channels_last: Any = "auto"  # auto | true | false
     deterministic: bool = False
-    seed: int = 42
-    log_every: int = 50
-    val_every: int = 500
-    val_ratio: float = 0.1
-    val_batches: int = 16
-    checkpoint_every: int = 1000
+    seed: int = bounded(42, ge=0)
+    log_every: int = bounded(50, ge=1)
+    val_every: int = bounded(500, ge=1)
+    val_ratio: float = bounded(0.1, ge=0, lt=1)
+    val_batches: int = bounded(16, ge=1)
+    checkpoint_every: int = bounded(1000, ge=1)
 
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 0
-    episodes: int = 10
-    seed: int = 100000
-    n_envs: int = 1
+    every_steps: int = bounded(0, ge=0)
+    episodes: int = bounded(10, ge=1)
+    seed: int = bounded(100000, ge=0)
+    n_envs: int = bounded(1, ge=1)
 
 
 @dataclass
@@ -81,35 +83,69 @@ def tri_state(value: Any, key: str) -> bool | None:
 
 
 def check(cfg: DictConfig) -> DictConfig:
-    """Schema types plus the value checks a schema cannot express."""
+    """Schema types and ranges plus the value checks a schema cannot express."""
     cfg = validate(cfg, TrainConfig)
+    check_policy_config(cfg.policy)
     t = cfg.training
-    positive = {"training.steps": t.steps, "training.log_every": t.log_every, "training.val_every": t.val_every,
-                "training.checkpoint_every": t.checkpoint_every, "training.val_batches": t.val_batches}
-    if t.batch_size is not None:
-        positive["training.batch_size"] = t.batch_size
-    for key, value in positive.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"config key '{key}' must be a positive integer, got {value!r}")
-    if t.num_workers is not None and (not isinstance(t.num_workers, int) or t.num_workers < 0):
-        raise ConfigError(f"config key 'training.num_workers' must be >= 0, got {t.num_workers!r}")
     if t.cache not in ("auto", "memory", "none"):
         raise ConfigError(f"config key 'training.cache' is '{t.cache}', not one of auto, memory, none")
     for key in ("amp", "channels_last"):
         tri_state(t[key], f"training.{key}")
     if len(t.betas) != 2:
         raise ConfigError(f"config key 'training.betas' needs two values, got {list(t.betas)}")
-    if not 0.0 <= t.val_ratio < 1.0:
-        raise ConfigError(f"config key 'training.val_ratio' must be in [0, 1), got {t.val_ratio}")
-    if t.lr_warmup_steps < 0 or t.lr <= 0:
-        raise ConfigError("config keys 'training.lr' must be > 0 and 'training.lr_warmup_steps' >= 0")
-    if cfg.eval.every_steps < 0 or cfg.eval.episodes < 1:
-        raise ConfigError("config keys 'eval.every_steps' must be >= 0 and 'eval.episodes' >= 1")
     return cfg
 
 
 def load(overrides: list[str]) -> DictConfig:
-    return check(compose("train", overrides))
+    """The run's config: `conf/train.yaml` with the overrides; with `resume=true`, the run's own
+    recorded config.yaml with only the keys given again applied (a run keeps its task and network)."""
+    cfg = check(compose("train", overrides))
+    return resumed(cfg, overrides) if cfg.resume else cfg
+
+
+# A resumed run cannot change these: the checkpoint's network and the task it is trained for.
+FIXED_ON_RESUME = ("task", "policy")
+
+
+def _given_keys(overrides: list[str]) -> list[str]:
+    keys = [item.partition("=")[0].lstrip("+~") for item in overrides]
+    return [k for k in keys if k not in ("resume", "run_dir")]
+
+
+def resumed(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    if not cfg.run_dir:
+        raise ConfigError("resume=true needs run_dir= (the run to continue)")
+    path = Path(str(cfg.run_dir)) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"run_dir {cfg.run_dir}: no config.yaml, so nothing to resume")
+    saved = load_yaml(path)
+    for key in _given_keys(overrides):
+        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if key.split(".")[0] in FIXED_ON_RESUME:
+            if key == "policy":  # a group override: compare the policy it names
+                new, old = cfg.policy.get("name"), OmegaConf.select(saved, "policy.name")
+            plain_new = OmegaConf.to_container(new) if isinstance(new, (DictConfig, ListConfig)) else new
+            plain_old = OmegaConf.to_container(old) if isinstance(old, (DictConfig, ListConfig)) else old
+            if plain_new != plain_old:
+                raise ConfigError(f"config key '{key}' is {plain_old!r} in run {cfg.run_dir}, not {plain_new!r}: a "
+                                  f"resumed run keeps its task and network (start a new run_dir to change them)")
+            continue
+        OmegaConf.update(saved, key, new, force_add=True)
+    saved.resume = True
+    saved.run_dir = str(cfg.run_dir)
+    return check(saved)
+
+
+def load_yaml(path: Path) -> DictConfig:
+    """A config file we wrote, read back; damage is a one-line error naming the file."""
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - yaml and OmegaConf raise many types for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: unreadable ({type(exc).__name__}: {first})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return loaded
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from robodiff.data.importers import import_dataset
 from robodiff.data.store import EpisodeStore
-from robodiff.errors import StoreError, UserError
+from robodiff.errors import NotAStoreError, UserError
 from robodiff.features import Features
 
 def imported_path(src: Path) -> Path:
@@ -28,13 +28,13 @@ def resolve_store(dataset: str | os.PathLike, may_import: bool = True) -> Path:
     try:
         EpisodeStore.open(src).close()
         return src
-    except StoreError:
+    except NotAStoreError:  # a damaged episode store is an error, never a foreign format
         cached = imported_path(src)
         if cached.exists():
             try:
                 EpisodeStore.open(cached).close()
                 return cached
-            except StoreError:
+            except NotAStoreError:
                 pass  # a half-written import (killed run): import again below
         if not may_import:
             raise UserError(f"dataset '{src}': imported store {cached} is missing") from None

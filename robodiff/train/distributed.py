@@ -116,3 +116,20 @@ def gather_digests(info: DistInfo, digest: str) -> list[str]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, digest)
     return [str(d) for d in out]
+
+
+def any_rank(info: DistInfo, flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (a collective: all ranks call it together)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_reduce_min(info: DistInfo, value: float) -> float:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robodiff.paths import replaced, write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
@@ -65,7 +67,7 @@ def _plain(v: Any) -> Any:
 def _truncate_after(path: Path, step: int) -> None:
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -100,6 +102,7 @@ def plot_loss(run_dir: str | os.PathLike) -> Path | None:
     ax.legend()
     fig.tight_layout()
     out = Path(run_dir) / LOSS_PLOT
-    fig.savefig(out)
+    with replaced(out) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return out

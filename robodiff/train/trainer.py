@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -25,10 +24,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from robodiff.config import to_dict
 from robodiff.data.dataset import WindowDataset
+from robodiff.data.integrity import require_valid
 from robodiff.data.stats import cached_stats
 from robodiff.data.store import EpisodeStore
 from robodiff.data.windows import split_episodes
@@ -38,11 +37,14 @@ from robodiff.models.ema import EMAModel
 from robodiff.policy.factory import build_policy
 from robodiff.policy import checkpoint as ckpt_io
 from robodiff.train import distributed as dist_util
-from robodiff.train.config import check, tri_state
+from robodiff.train.config import check, load_yaml, tri_state
 from robodiff.train.data import choose_obs_keys, resolve_store
 from robodiff.train.metrics import MetricsLogger, plot_loss
 from robodiff.train.rng import capture_rng, restore_rng
 from robodiff.train.sampler import ResumableSampler
+from robodiff.train.stopping import LossWindow, StopRequest, TrainingDiverged, ignore_interrupts, parameters_finite
+from robodiff.progress import progress_bar
+from robodiff.paths import write_text_atomic
 
 RUNS_DIR = "runs"
 # rollout(policy, out_dir, device) -> an evaluation summary (the command builds it on `robodiff.eval`)
@@ -105,7 +107,7 @@ def _resolve_run(cfg: DictConfig, info: dist_util.DistInfo) -> tuple[Path | None
         latest = ckpt_io.latest_checkpoint(run_dir)
         if latest is None:
             raise UserError(f"run_dir {run_dir}: no checkpoint to resume from")
-        saved = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        saved = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
         return run_dir, latest, saved
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
@@ -125,7 +127,16 @@ def saved_task(cfg: DictConfig) -> str | None:
     if cfg.task is not None or not cfg.resume or not cfg.run_dir:
         return cfg.task
     saved = Path(cfg.run_dir) / "config.yaml"
-    return OmegaConf.load(saved).task if saved.is_file() else None
+    return load_yaml(saved).get("task") if saved.is_file() else None
+
+
+def _require_same_features(features: Features, trained: dict[str, Any], store_path: Path) -> None:
+    for key, feat in features.items():
+        had = trained.get(key, {})
+        now = {"kind": feat.kind, "shape": list(feat.shape), "dtype": feat.dtype}
+        if {k: had.get(k) for k in now} != now:
+            raise ConfigError(f"feature '{key}' of dataset {store_path} is {now}, the run was trained on "
+                              f"{ {k: had.get(k) for k in now} }: a resumed run keeps its features")
 
 
 def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys: list[str] | None,
@@ -154,12 +165,17 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
         if action_key not in store.features:
             raise UserError(f"dataset {store_path} has no action feature '{action_key}' "
                             f"(it has {', '.join(store.features)})")
+        features = {k: store.features[k] for k in [*obs_keys, action_key]}
+        if resume_from is not None:
+            _require_same_features(features, ckpt_io.read_policy_meta(resume_from)["features"], store_path)
+        image_keys = [k for k in obs_keys if features[k].kind == "image"]
+        numeric = [k for k, f in features.items() if f.kind != "image"]
+        # The arrays trained on, before any step: low-dim values are read whole (they are held
+        # in RAM), images are checked for presence here and decode when they are read.
+        require_valid(store, list(features), numeric)
         if store.n_episodes == 0:
             raise UserError(f"dataset {store_path} has no committed episodes")
         task_name = task_name or store.task or Path(store_path).name.split(".")[0]
-        features = {k: store.features[k] for k in [*obs_keys, action_key]}
-        image_keys = [k for k in obs_keys if features[k].kind == "image"]
-        numeric = [k for k, f in features.items() if f.kind != "image"]
         if info.is_main:
             stats = cached_stats(store, numeric)
         dist_util.barrier(info)
@@ -295,25 +311,32 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EM
     assert run.resume_from is not None
     state = ckpt_io.read_train_state(run.resume_from)
     weights = ckpt_io.read_weights(run.resume_from)
-    run.policy.load_state_dict(weights["model"])
-    if ema is not None:
-        ema_tensors = weights["ema"]
-        if ema_tensors:
-            ema.averaged_model.load_state_dict(ema_tensors)
-            ema.optimization_step = int(state["ema"]["optimization_step"])
-            ema.decay = float(state["ema"]["decay"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["lr_scheduler"])
-    sampler_state = state["sampler"]
-    same_layout = state["world_size"] == run.info.world_size and sampler_state["batch_size"] == run.batch_size
+    try:
+        run.policy.load_state_dict(weights["model"])
+        if ema is not None:
+            ema_tensors = weights["ema"]
+            if ema_tensors:
+                ema.averaged_model.load_state_dict(ema_tensors)
+                ema.optimization_step = int(state["ema"]["optimization_step"])
+                ema.decay = float(state["ema"]["decay"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        sampler_state = state["sampler"]
+        step, epoch, batch = int(state["step"]), int(sampler_state["epoch"]), int(sampler_state["batch"])
+        same_layout = state["world_size"] == run.info.world_size and sampler_state["batch_size"] == run.batch_size
+        rngs = state["rng"]
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # weights or state of another run
+        first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        raise UserError(f"{run.resume_from}: cannot resume from this checkpoint ({type(exc).__name__}: "
+                        f"{first})") from None
     if same_layout:
-        restore_rng(state["rng"][run.info.rank])
-        return int(state["step"]), int(sampler_state["epoch"]), int(sampler_state["batch"])
+        restore_rng(rngs[run.info.rank])
+        return step, epoch, batch
     # A different number of processes or batch size cannot replay the same batches: start a new epoch.
     if run.info.is_main:
         warnings.warn("resuming with a different world size or batch size: the data order restarts at a "
                       "new epoch (the run is not bit-identical to an uninterrupted one)", stacklevel=2)
-    return int(state["step"]), int(sampler_state["epoch"]) + 1, 0
+    return step, epoch + 1, 0
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -379,7 +402,7 @@ def _loop(run: Run) -> dict[str, Any]:
         saved_cfg["policy"] = run.meta["policy"]
         saved_cfg["dataset"] = str(cfg.dataset if cfg.dataset is not None else run.store_path)
         saved_cfg["task"] = run.task_arg
-        (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved_cfg)))
+        write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved_cfg)))
     logger = MetricsLogger(run.run_dir, enabled=info.is_main, tensorboard=bool(cfg.logging.tensorboard),
                            resume_step=step)
 
@@ -394,7 +417,8 @@ def _loop(run: Run) -> dict[str, Any]:
     loader = DataLoader(run.train_ds, batch_size=run.batch_size, sampler=sampler, drop_last=True,
                         num_workers=run.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=run.num_workers > 0, generator=loader_gen,
-                        prefetch_factor=4 if run.num_workers > 0 else None)
+                        prefetch_factor=4 if run.num_workers > 0 else None,
+                        worker_init_fn=ignore_interrupts if run.num_workers > 0 else None)
 
     def start_epoch(e: int, skip_batches: int):
         sampler.set_position(e, skip_batches * run.batch_size)
@@ -406,10 +430,9 @@ def _loop(run: Run) -> dict[str, Any]:
     clip = float(t.grad_clip_norm) if t.grad_clip_norm is not None else None
     samples_per_step = run.batch_size * info.world_size
     total_steps = int(t.steps)
-    bar = tqdm(total=total_steps, initial=step, desc="train", file=sys.stderr, dynamic_ncols=True,
-               disable=not (info.is_main and cfg.logging.progress))
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
+    bar = progress_bar(total=total_steps, initial=step, desc="train",
+                       disable=not (info.is_main and cfg.logging.progress))
+    losses = LossWindow(int(t.log_every), device)
     last_loss = float("nan")
     val_loss = None
     saved_at = -1
@@ -417,67 +440,92 @@ def _loop(run: Run) -> dict[str, Any]:
     paused = 0.0
     started = time.perf_counter()
     first_step = step
-    it = start_epoch(epoch, batch_in_epoch)
-    while step < total_steps:
-        try:
-            batch = next(it)
-        except StopIteration:
-            epoch, batch_in_epoch = epoch + 1, 0
-            it = start_epoch(epoch, 0)
-            continue
-        batch_in_epoch += 1
-        batch = _to_device(batch, device)
-        with _autocast(run):
-            loss = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.step(policy)
-        step += 1
-        loss_sum += loss.detach().float()
-        loss_count += 1
-        if step == first_step + 1:
-            # The first step pays for allocation and kernel selection: time from the second on.
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            timed_from_step, timed_from = step, time.perf_counter()
-        bar.update(1)
+    interrupted = False
 
-        if step % int(t.log_every) == 0 or step == total_steps:
-            last_loss = dist_util.all_reduce_mean(info, float(loss_sum) / loss_count)
-            loss_sum.zero_()
-            loss_count = 0
-            elapsed = time.perf_counter() - timed_from - paused
-            rate = (step - timed_from_step) * samples_per_step / elapsed if step > timed_from_step else float("nan")
-            lr = scheduler.get_last_lr()[0]
-            logger.log(step, {"loss": last_loss, "lr": lr, "samples_per_s": rate, "epoch": epoch})
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.0f}", refresh=False)
-        pause_from = time.perf_counter()
-        if step % int(t.val_every) == 0 or step == total_steps:
-            val_loss = validation_loss(run, ema.averaged_model if ema is not None else policy)
-            if val_loss is not None:
-                logger.log(step, {"val_loss": val_loss})
-        if int(cfg.eval.every_steps) > 0 and step % int(cfg.eval.every_steps) == 0:
-            if info.is_main:
-                logger.log(step, rollout_eval(run, ema.averaged_model if ema is not None else policy, step))
-            dist_util.barrier(info)
-        if step % int(t.checkpoint_every) == 0 or step == total_steps:
-            save(run, step, optimizer, scheduler, ema, epoch, batch_in_epoch)
-            saved_at = step
-        if step > timed_from_step:
-            # samples_per_s is optimizer-step throughput: validation, rollouts and saving excluded.
-            paused += time.perf_counter() - pause_from
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    bar.close()
+    def require_finite() -> None:
+        """Before a save (and at every log line): no rank saw a non-finite loss since the last
+        check, and the weights are finite. A collective: every rank calls it at the same step."""
+        bad = losses.first_bad()
+        first = dist_util.all_reduce_min(info, float(bad[0]) if bad else math.inf)
+        if math.isfinite(first) or not parameters_finite(params):
+            value = f"{bad[1]}" if bad and bad[0] == first else "not finite"
+            at = int(first) if math.isfinite(first) else step
+            last = (f"the last checkpoint, {run.run_dir / ckpt_io.CHECKPOINTS / str(saved_at)}, is from step "
+                    f"{saved_at}" if saved_at >= 0 else "no checkpoint was written")
+            raise TrainingDiverged(f"training stopped at step {at}: the loss is {value}; {last} (lower "
+                                   f"training.lr, or check the data with `robodiff dataset validate`)")
+
+    stop = StopRequest().install()
+    try:
+        it = start_epoch(epoch, batch_in_epoch)
+        while step < total_steps:
+            try:
+                batch = next(it)
+            except StopIteration:
+                epoch, batch_in_epoch = epoch + 1, 0
+                it = start_epoch(epoch, 0)
+                continue
+            batch_in_epoch += 1
+            batch = _to_device(batch, device)
+            with _autocast(run):
+                loss = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.step(policy)
+            step += 1
+            losses.add(step, loss)
+            if step == first_step + 1:
+                # The first step pays for allocation and kernel selection: time from the second on.
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                timed_from_step, timed_from = step, time.perf_counter()
+            bar.update(1)
+
+            log_now = step % int(t.log_every) == 0 or step == total_steps
+            if log_now:
+                require_finite()
+                last_loss = dist_util.all_reduce_mean(info, losses.take_mean())
+                elapsed = time.perf_counter() - timed_from - paused
+                rate = (step - timed_from_step) * samples_per_step / elapsed if step > timed_from_step else float("nan")
+                lr = scheduler.get_last_lr()[0]
+                logger.log(step, {"loss": last_loss, "lr": lr, "samples_per_s": rate, "epoch": epoch})
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.0f}", refresh=False)
+            # One process stops at the step it is on; ranks agree at log steps (a collective there).
+            stopping = dist_util.any_rank(info, stop.requested) if (info.enabled and log_now) else \
+                (stop.requested and not info.enabled)
+            pause_from = time.perf_counter()
+            if not stopping and (step % int(t.val_every) == 0 or step == total_steps):
+                val_loss = validation_loss(run, ema.averaged_model if ema is not None else policy)
+                if val_loss is not None:
+                    logger.log(step, {"val_loss": val_loss})
+            if not stopping and int(cfg.eval.every_steps) > 0 and step % int(cfg.eval.every_steps) == 0:
+                if info.is_main:
+                    logger.log(step, rollout_eval(run, ema.averaged_model if ema is not None else policy, step))
+                dist_util.barrier(info)
+            if stopping or step % int(t.checkpoint_every) == 0 or step == total_steps:
+                require_finite()
+                save(run, step, optimizer, scheduler, ema, epoch, batch_in_epoch)
+                saved_at = step
+            if step > timed_from_step:
+                # samples_per_s is optimizer-step throughput: validation, rollouts and saving excluded.
+                paused += time.perf_counter() - pause_from
+            if stopping:
+                interrupted = True
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        stop.uninstall()
+        bar.close()
+        logger.close()
     train_seconds = time.perf_counter() - started
     rate = (step - timed_from_step) * samples_per_step / (time.perf_counter() - timed_from - paused) \
         if step > timed_from_step else float("nan")
-    logger.close()
     digests = dist_util.gather_digests(info, dist_util.parameter_digest(policy))
     summary: dict[str, Any] = {
         "run_dir": str(run.run_dir), "steps": step, "final_loss": last_loss, "val_loss": val_loss,
@@ -485,11 +533,12 @@ def _loop(run: Run) -> dict[str, Any]:
         "batch_size": run.batch_size, "world_size": info.world_size, "device": str(device),
         "checkpoint": str(run.run_dir / ckpt_io.CHECKPOINTS / ckpt_io.LATEST) if saved_at >= 0 else None,
         "resumed_from": str(run.resume_from) if run.resume_from is not None else None,
+        "interrupted": interrupted,
         "param_digests": digests, "ranks_in_sync": len(set(digests)) == 1,
     }
     if info.is_main:
         plot_loss(run.run_dir)
-        (run.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+        write_text_atomic(run.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
     summary = dist_util.broadcast_object(info, summary)
     dist_util.barrier(info)
     return summary

@@ -9,7 +9,7 @@ from numcodecs.errors import UnknownCodecError
 
 from robodiff.data.importers.source import Episode, Source, require_action
 from robodiff.data.store import EpisodeStore
-from robodiff.data.validate import ends_problems
+from robodiff.data.integrity import require_valid
 from robodiff.errors import StoreError
 
 
@@ -33,16 +33,13 @@ def read(src: Path) -> Source:
                          f"imagecodecs_* codecs: pip install imagecodecs") from None
     except Exception as exc:  # zarr raises assorted types on malformed array metadata
         raise StoreError(f"{src}: unreadable array metadata ({type(exc).__name__}: {exc})") from None
-    require_action(store.features, str(src))
-    problems = ends_problems(store.episode_ends)
-    if problems:
-        raise StoreError(f"{src}: {problems[0]}")
-    n = store.n_frames
-    for key in store.keys:
-        length = store.array(key).shape[0]
-        if length < n:
-            raise StoreError(f"{src}: data/{key} has {length} frames but meta/episode_ends "
-                             f"ends at {n} (unequal lengths)")
+    try:
+        require_action(store.features, str(src))
+        # Structure now; chunks decode (and values are checked) as the episodes are read.
+        require_valid(store, store.keys, images_uint8=False)
+    except BaseException:
+        store.close()
+        raise
     return Source(origin=str(src), features=dict(store.features), episodes=_episodes(store),
                   total=store.n_episodes, fps=store.fps, task=store.task, robot=store.robot)
 

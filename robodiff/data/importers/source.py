@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from robodiff.data.store import EpisodeStore
 from robodiff.errors import StoreError, UserError
 from robodiff.features import Feature, Features, features_to_dict
+from robodiff.progress import progress_bar
 
 
 @dataclass
@@ -80,6 +80,9 @@ def conform(episode: Episode, features: Features) -> dict[str, np.ndarray]:
             out[key] = to_uint8_image(key, arr, origin)
         else:
             out[key] = arr.astype(feat.dtype, copy=False)
+            if np.issubdtype(out[key].dtype, np.floating) and not np.isfinite(out[key]).all():
+                row = int(np.nonzero(~np.isfinite(out[key].reshape(len(arr), -1)).all(axis=1))[0][0])
+                raise UserError(f"{origin}: '{key}' holds NaN/Inf (first at step {row})")
     return out
 
 
@@ -105,7 +108,7 @@ def write_store(source: Source, dest: str | os.PathLike, fmt: str) -> dict[str, 
     features: Features = dict(source.features)
     try:
         store = EpisodeStore.create(tmp, features, fps=source.fps, task=source.task, robot=source.robot)
-        with tqdm(source.episodes, total=source.total, desc=f"import {fmt}", unit="episode") as bar:
+        with progress_bar(source.episodes, total=source.total, desc=f"import {fmt}", unit="episode") as bar:
             for episode in bar:
                 store.append_episode(conform(episode, features))
         if store.n_episodes == 0:
