@@ -14,12 +14,17 @@ KINDS = ("image", "lowdim", "action", "timestamp")
 
 @dataclass(frozen=True)
 class Feature:
-    """One named array per step: `kind` says how it is treated, `shape` excludes the time axis."""
+    """One named array per step: `kind` says how it is treated, `shape` excludes the time axis.
+
+    `units` (optional) names the convention the values are in, e.g. an arm's joints in `degrees`
+    or `range100`: stores and checkpoints record it, so data or a policy in one convention is
+    never fed to a robot in another (same-shaped numbers that mean different angles)."""
 
     kind: str
     shape: tuple[int, ...]
     dtype: str = "float32"
     names: tuple[str, ...] | None = field(default=None, compare=False)
+    units: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -28,18 +33,22 @@ class Feature:
         object.__setattr__(self, "dtype", str(np.dtype(self.dtype)))
         if self.kind == "image" and (len(self.shape) != 3 or self.dtype != "uint8"):
             raise UserError(f"image features are uint8 HWC, got shape {list(self.shape)} dtype {self.dtype}")
+        if self.units is not None and (not isinstance(self.units, str) or not self.units):
+            raise UserError(f"feature units must be a non-empty name, got {self.units!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "shape": list(self.shape), "dtype": self.dtype}
         if self.names:
             out["names"] = list(self.names)
+        if self.units:
+            out["units"] = self.units
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Feature":
         names = d.get("names")
         return cls(kind=d["kind"], shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
-                   names=tuple(names) if names else None)
+                   names=tuple(names) if names else None, units=d.get("units"))
 
 
 Features = dict[str, Feature]

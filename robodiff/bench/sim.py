@@ -38,7 +38,7 @@ def _parse(overrides: list[str]) -> dict[str, str]:
 def steps_per_second(task: str, render: bool, steps: int, seed: int = 0) -> float:
     env = SimEnv(load_task(task), render=render)
     rng = np.random.default_rng(seed)
-    low, high = env.robot.hardware.action_low, env.robot.hardware.action_high
+    low, high = env.robot.action_limits["action"]
     try:
         env.reset(seed)
         start = time.perf_counter()
