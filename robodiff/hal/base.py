@@ -100,6 +100,10 @@ class Robot(Device):
     @abc.abstractmethod
     def action_features(self) -> Features: ...
 
+    # An arm's `ArmKinematics` (robodiff.hal.kinematics), built from its hardware YAML by every
+    # backend: what end-effector teleop devices and scripted experts move the tool with.
+    kinematics: Any = None
+
     # Set on an instance when limits are only known at run time (e.g. after a calibration).
     _action_limits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 

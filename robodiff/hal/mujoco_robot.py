@@ -27,6 +27,7 @@ from robodiff.errors import UserError  # noqa: E402
 from robodiff.features import Feature, Features  # noqa: E402
 from robodiff.hal.base import Robot  # noqa: E402
 from robodiff.hal.hardware import HardwareSpec  # noqa: E402
+from robodiff.hal.kinematics import ArmKinematics  # noqa: E402
 from robodiff.hal.mujoco_camera import MujocoCamera  # noqa: E402
 
 Observe = Callable[[mujoco.MjModel, mujoco.MjData], dict[str, np.ndarray]]
@@ -95,6 +96,7 @@ class MujocoRobot(Robot):
             self._low, self._high = ends.min(axis=0), ends.max(axis=0)
         else:
             self._low, self._high = hardware.action_low, hardware.action_high
+        self.kinematics = ArmKinematics(hardware) if hardware.kinematics is not None else None
         self._command = np.zeros(len(self._actuators))  # the last command, in the robot's units
         self._t0 = 0.0
         self._video_cameras: dict[tuple[str, int], MujocoCamera] = {}
