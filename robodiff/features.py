@@ -10,6 +10,8 @@ import numpy as np
 from robodiff.errors import UserError
 
 KINDS = ("image", "lowdim", "action", "timestamp")
+# The conventions an arm's joint positions come in (LeRobot's two; see robodiff.hal.joint_units).
+JOINT_UNITS = ("degrees", "range100")
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,13 @@ def infer_feature(name: str, arr: np.ndarray) -> Feature:
 
 def of_kind(features: Features, *kinds: str) -> list[str]:
     return [k for k, f in features.items() if f.kind in kinds]
+
+
+def check_units(key: str, ours: Feature, theirs: Feature, who: str) -> None:
+    """A checkpoint's feature and a robot's or task's (`who`) must be in the same units: the same
+    shapes in another convention (degrees vs range100) would be read as other angles."""
+    if ours.units != theirs.units:
+        def say(units: str | None) -> str:
+            return f"units '{units}'" if units else "no stated units"
+        raise UserError(f"feature '{key}': the checkpoint's is in {say(ours.units)}, {who}'s in "
+                        f"{say(theirs.units)}; a policy runs only on a robot in its own units")

@@ -14,7 +14,8 @@ import numpy as np
 import yaml
 
 from robodiff.errors import UserError
-from robodiff.hal.joint_units import CONVENTIONS, JointUnits, parse_joint_units
+from robodiff.features import JOINT_UNITS
+from robodiff.hal.joint_units import JointUnits, parse_joint_units
 from robodiff.paths import resolve_yaml
 
 # The simulation part of a hardware YAML: any YAML with a `model:` (MJCF) has it, whatever its
@@ -112,10 +113,10 @@ def _units(data: dict[str, Any], path: Path) -> tuple[JointUnits | None, dict[st
         return None, {}
     if not isinstance(data["joints"], dict):
         raise UserError(f"{path}: 'units' needs 'joints' to map each joint to its unit entries")
-    conventions = {c: parse_joint_units(data["joints"], c, path) for c in CONVENTIONS}
+    conventions = {c: parse_joint_units(data["joints"], c, path) for c in JOINT_UNITS}
     default = str(data["units"])
     if default not in conventions:
-        raise UserError(f"{path}: units '{default}' is not one of {', '.join(CONVENTIONS)}")
+        raise UserError(f"{path}: units '{default}' is not one of {', '.join(JOINT_UNITS)}")
     return conventions[default], conventions
 
 

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from robodiff.errors import UserError
-
-CONVENTIONS = ("degrees", "range100")
+from robodiff.features import JOINT_UNITS
 
 
 @dataclass(frozen=True)
@@ -44,8 +43,8 @@ class JointUnits:
 
 def parse_joint_units(joints: dict[str, Any], convention: str, path: Path) -> JointUnits:
     """The `convention` mapping of every joint of a hardware YAML's `joints:` block."""
-    if convention not in CONVENTIONS:
-        raise UserError(f"{path}: units '{convention}' is not one of {', '.join(CONVENTIONS)}")
+    if convention not in JOINT_UNITS:
+        raise UserError(f"{path}: units '{convention}' is not one of {', '.join(JOINT_UNITS)}")
     sign, offset, scale = [], [], []
     for name, spec in joints.items():
         entry = spec.get(convention) if isinstance(spec, dict) else None
