@@ -25,7 +25,6 @@ from robodiff.data.store import EpisodeRecorder, EpisodeStore
 from robodiff.errors import StoreError, UserError
 from robodiff.features import Features, features_to_dict
 from robodiff.hal import make_teleop
-from robodiff.hal.teleop import KEYBOARD_HELP
 from robodiff.sim.env import TaskRobot, task_robot
 from robodiff.sim.outcome import TaskOutcome
 from robodiff.sim.tasks import TaskSpec, load_task
@@ -38,7 +37,9 @@ Records N episodes into the Zarr episode store PATH (created, or appended to whe
 match): observations, the action the robot really executed (after clamping) and timestamps.
 teleop=expert: the task's scripted expert, attempt i seeded with S+i; failed attempts are dropped
 unless keep_failed=true. teleop=keyboard: arrows/WASD move the target in the terminal (works over
-ssh); Enter/Space ends an episode, x discards it, q stops. Ctrl-C loses only the episode in progress.
+ssh), on an arm the tool (w/s a/d r/f i/k j/l, o/c the gripper); teleop=spacemouse|gamepad move an
+arm's tool (docs/architecture.md says which axis drives which). Enter/Space ends an episode, x
+discards it, q stops. Ctrl-C loses only the episode in progress.
 --json: last stdout line {"out", "episodes", "frames", "success_rate", "attempts", ...}
 Keys: robodiff/conf/collect.yaml.
 """
@@ -98,8 +99,8 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
             loop = EpisodeLoop(SafeRobot(robot, filt, None, None), clock, desc=f"collect {task.name}")
             outcome = TaskOutcome(robot, task.max_steps, task.fps)
             source = TeleopSource(device, "action")
-            if human:
-                print(KEYBOARD_HELP, file=sys.stderr)
+            if device.help:
+                print(device.help, file=sys.stderr)
             bar = tqdm(total=episodes, desc=f"collect {task.name} ({teleop})", unit="ep", dynamic_ncols=True)
             try:
                 while kept < episodes and attempts < max_attempts:

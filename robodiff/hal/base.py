@@ -155,6 +155,8 @@ class Teleop(Device):
 
     # A person drives it: recording runs at the task's control rate, not as fast as the sim goes.
     human = False
+    # What to tell that person before recording (which key or axis does what).
+    help = ""
 
     @property
     @abc.abstractmethod

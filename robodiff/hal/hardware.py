@@ -23,7 +23,7 @@ from robodiff.paths import resolve_yaml
 # driver). A physical driver also reads its own keys (`PHYSICAL_KEYS`). A YAML without a model
 # (a driver this version lacks) is still loadable as a description, but cannot be connected.
 SIM_KEYS = {"name", "driver", "model", "joints", "actuators", "limits", "physics", "cameras", "units",
-            "kinematics"}
+            "kinematics", "teleop"}
 PHYSICAL_KEYS = {"bus", "calibration"}
 
 

@@ -80,6 +80,7 @@ class ArmKinematics:
         if spec is None or hardware.units is None:
             raise UserError(f"robot '{hardware.name}' ({hardware.path}) has no 'kinematics' and 'units'")
         self.spec = spec
+        self.hardware = hardware
         self.units: JointUnits = hardware.units.select(spec.joints)
         self.model = mujoco.MjModel.from_xml_path(str(hardware.model_path))
         self.data = mujoco.MjData(self.model)
