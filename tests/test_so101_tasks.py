@@ -157,3 +157,33 @@ def test_gymnasium_id_with_both_cameras():
         assert not terminated and not truncated and 0.0 <= reward < 1.0
     finally:
         env.close()
+
+
+def test_reach_draws_the_ball_in_its_box_and_its_expert_gets_there():
+    env = SimEnv("so101_reach", render=False)
+    try:
+        r = env.task.config["reset"]
+        for seed in range(3):
+            expert = make_expert(env.task, seed)
+            expert.reset()
+            obs = env.reset(seed)
+            for key, value in zip(("target_x", "target_y", "target_z"), obs["target"]):
+                assert r[key][0] <= value <= r[key][1]
+            assert not env.logic.evaluate(env.model, env.data)[1]
+            for _ in range(env.task.max_steps):
+                obs, score, success, done, info = env.step(expert.act(obs, env.robot))
+                if done:
+                    break
+            assert success and info["distance"] <= env.task.config["success"]["radius"]
+            tool = env.data.site("gripper").xpos
+            assert np.linalg.norm(tool - obs["target"]) == pytest.approx(info["distance"], abs=1e-6)
+    finally:
+        env.close()
+
+
+def test_the_sim_bench_renders_every_camera_of_the_arm():
+    from robodiff.bench.sim import run
+
+    speeds = run(["steps=20", f"tasks=[{TASK}]"], set())["tasks"][TASK]
+    assert speeds["cameras"] == ["front 128x96", "wrist 128x96"] and speeds["fps"] == 30
+    assert speeds["steps_per_s_render"] > 0 and speeds["realtime_factor_render"] > 0

@@ -1,4 +1,6 @@
-"""Simulation speed: control steps per second for each MuJoCo task, with and without the 96x96 camera.
+"""Simulation speed: control steps per second for each MuJoCo task, with every camera the task
+declares rendered (at its feature size) and without rendering, and how many times faster than
+real time that is at the task's control rate.
 
 Keys: `steps=N` (timed control steps per measurement, default 500), `tasks=[a,b]` (default: every
 MuJoCo task). Random actions within the robot's limits; episodes are reset when they end (reset
@@ -64,9 +66,14 @@ def run(overrides: list[str], flags: set[str]) -> dict:
                  if read_yaml(p).get("kind", "mujoco") == "mujoco"]
     results: dict[str, dict[str, float]] = {}
     for task in tqdm(tasks, desc="bench sim", file=sys.stderr):
-        results[task] = {"steps_per_s_render": round(steps_per_second(task, True, steps), 1),
-                         "steps_per_s_no_render": round(steps_per_second(task, False, steps), 1)}
-        print(f"{task}: {results[task]['steps_per_s_render']} control steps/s with 96x96 rendering, "
+        spec = load_task(task)
+        cameras = [f"{k} {f.shape[1]}x{f.shape[0]}" for k, f in spec.features.items() if f.kind == "image"]
+        rendered = steps_per_second(task, True, steps)
+        results[task] = {"steps_per_s_render": round(rendered, 1),
+                         "steps_per_s_no_render": round(steps_per_second(task, False, steps), 1),
+                         "cameras": cameras, "fps": spec.fps, "realtime_factor_render": round(rendered / spec.fps, 1)}
+        print(f"{task}: {results[task]['steps_per_s_render']} control steps/s rendering {', '.join(cameras)} "
+              f"({results[task]['realtime_factor_render']}x real time at {spec.fps:g} fps), "
               f"{results[task]['steps_per_s_no_render']} without")
     return {"bench": "sim", "steps": steps, "tasks": results, "machine": _machine(),
             "mujoco_gl": os.environ.get("MUJOCO_GL", ""), "date": time.strftime("%Y-%m-%d", time.gmtime())}

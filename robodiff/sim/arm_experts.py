@@ -2,7 +2,7 @@
 into joint targets with the arm's own inverse kinematics (`robot.kinematics`), as a person with a
 teleop device does. They read the simulation's state (the cube's pose), which a policy does not.
 
-Pick and place: approach above the cube with the jaws across two of its faces, descend, close,
+Reach: the tool straight to the ball, pointing down. Pick and place: approach above the cube with the jaws across two of its faces, descend, close,
 lift, carry above the square, lower, open, retreat. The tool moves at a bounded speed, so the
 demonstrations are smooth and the arm's position servos keep up.
 """
@@ -21,6 +21,17 @@ DOWN = np.pi / 2  # pitch of a tool pointing straight down
 def _quarter_wrap(angle: float) -> float:
     """`angle` modulo a quarter turn, in (-pi/4, pi/4]: a cube looks the same every quarter turn."""
     return float((angle + np.pi / 4) % (np.pi / 2) - np.pi / 4)
+
+
+def step_towards(pose: np.ndarray, waypoint: np.ndarray, reach: float) -> np.ndarray:
+    """`pose` moved towards `waypoint` by at most `reach` metres, and 10 * reach radians (about
+    2 rad/s at 0.2 m/s)."""
+    delta = waypoint - pose
+    dist = float(np.linalg.norm(delta[:3]))
+    if dist > reach:
+        delta[:3] *= reach / dist
+    delta[3:] = np.clip(delta[3:], -10 * reach, 10 * reach)
+    return pose + delta
 
 
 class PickPlaceExpert:
@@ -75,13 +86,7 @@ class PickPlaceExpert:
 
     def _step_towards(self, waypoint: np.ndarray) -> bool:
         """Move the commanded pose towards `waypoint` at the tool's speed; True once there."""
-        delta = waypoint - self.pose
-        reach = self.speed / self.fps
-        dist = float(np.linalg.norm(delta[:3]))
-        if dist > reach:
-            delta[:3] *= reach / dist
-        delta[3:] = np.clip(delta[3:], -10 * reach, 10 * reach)  # ~2 rad/s at 0.2 m/s
-        self.pose = self.pose + delta
+        self.pose = step_towards(self.pose, waypoint, self.speed / self.fps)
         return bool(np.allclose(self.pose, waypoint, atol=1e-6))
 
     def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray:
@@ -102,3 +107,24 @@ class PickPlaceExpert:
             self.waited = 0
         self.joints = kin.inverse(self.pose, self.joints).joints
         return np.array([*self.joints, self.grip], dtype=np.float32)
+
+
+class ReachExpert:
+    def __init__(self, task: TaskSpec, seed: int | None) -> None:
+        self.fps = float(task.fps)
+        self.speed = float(task.config["expert"]["speed"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.pose: np.ndarray | None = None
+        self.joints: np.ndarray | None = None
+
+    def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray:
+        kin = robot.kinematics
+        state = np.asarray(obs["state"], np.float64)
+        if self.pose is None:
+            self.pose, self.joints = kin.forward(state), state[: len(kin.names)]
+        waypoint = np.array([*robot.logic.target(robot.data), DOWN, self.pose[4]])
+        self.pose = step_towards(self.pose, waypoint, self.speed / self.fps)
+        self.joints = kin.inverse(self.pose, self.joints).joints
+        return np.array([*self.joints, state[-1]], dtype=np.float32)

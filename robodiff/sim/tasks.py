@@ -22,9 +22,11 @@ from robodiff.sim.logic import TaskLogic
 from robodiff.sim.pick_place import PickPlace
 from robodiff.sim.push_block import PushBlock
 from robodiff.sim.push_t import PushT
+from robodiff.sim.reach import Reach
 
 # logic name -> the class implementing reset/observe/evaluate for a MuJoCo task
-LOGIC: dict[str, type[TaskLogic]] = {"push_t": PushT, "push_block": PushBlock, "pick_place": PickPlace}
+LOGIC: dict[str, type[TaskLogic]] = {"push_t": PushT, "push_block": PushBlock, "pick_place": PickPlace,
+                                   "reach": Reach}
 
 COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features", "policy_inputs"}
 KIND_KEYS = {

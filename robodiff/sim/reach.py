@@ -1,0 +1,39 @@
+"""so101_reach runtime logic: the arm's tool to a point drawn above the table; success within
+`success.radius` of it, score falling with the distance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robodiff.hal.hardware import load_hardware
+from robodiff.sim.logic import TaskLogic
+
+
+class Reach(TaskLogic):
+    def __init__(self, task, model) -> None:
+        super().__init__(task, model)
+        hardware = load_hardware(task.robot)
+        self._tool = model.site(hardware.kinematics.site).id
+        self._target = model.body_mocapid[model.body("target").id]
+        self._arm = self.qpos_adr(model, *hardware.joints)
+        self._arm_start = np.asarray(self.cfg["reset"]["arm"], dtype=np.float64)
+        self.radius = float(self.cfg["success"]["radius"])
+        self.scale = float(self.cfg["score"]["scale"])
+
+    def target(self, data) -> np.ndarray:
+        return data.mocap_pos[self._target].copy()
+
+    def observe(self, model, data) -> dict[str, np.ndarray]:
+        return {"target": self.target(data)}
+
+    def reset(self, model, data, rng: np.random.Generator) -> None:
+        r = self.cfg["reset"]
+        data.mocap_pos[self._target] = [rng.uniform(*r["target_x"]), rng.uniform(*r["target_y"]),
+                                        rng.uniform(*r["target_z"])]
+        noise = float(r["arm_noise"])
+        data.qpos[self._arm] = self._arm_start + rng.uniform(-noise, noise, len(self._arm))
+
+    def evaluate(self, model, data) -> tuple[float, bool, dict]:
+        distance = float(np.linalg.norm(data.site_xpos[self._tool] - self.target(data)))
+        score = 1.0 - float(np.clip(distance / self.scale, 0.0, 1.0))
+        return score, distance <= self.radius, {"distance": distance}
