@@ -76,7 +76,8 @@ def make_lerobot_so101(root: Path, version: str, units: str, lengths: tuple[int,
                                                ("from_timestamp", start / fps), ("to_timestamp", (start + n) / fps))}})
         start += n
     if version == "v2.1":
-        lines = [json.dumps({"episode_index": k, "tasks": ["pick the cube"], "length": n}) for k, n in enumerate(lengths)]
+        lines = [json.dumps({"episode_index": k, "tasks": ["pick the cube"], "length": n})
+                 for k, n in enumerate(lengths)]
         (root / "meta" / "episodes.jsonl").write_text("\n".join(lines) + "\n")
     else:  # every episode in one data file and one video file per camera, as v3 packs them
         path = root / "data" / "chunk-000" / "file-000.parquet"

@@ -166,26 +166,18 @@ def test_spacemouse_buttons_open_and_close_the_gripper(arm):
     ((EV_ABS, ABS_HAT0Y, -1), 3, -1.0, 0.2),   # d-pad up: tip the tool up (0.5 rad)
 ])
 def test_gamepad_moves_the_tool_the_way_it_is_pushed(arm, event, axis, sign, at_least):
-    teleop = GamepadTeleop(arm, events=Recorded([input_events(event)], ranges=XBOX))
+    teleop = GamepadTeleop(arm, source=Recorded([input_events(event)], ranges=XBOX))
     before, after = drive(arm, teleop, ticks=10)
     assert_moved(before, after, axis, sign, at_least)
 
 
 def test_gamepad_buttons_end_or_discard_the_episode(arm):
-    teleop = GamepadTeleop(arm, events=Recorded([input_events((EV_KEY, BTN_EAST, 1), (EV_KEY, BTN_SOUTH, 1))],
+    teleop = GamepadTeleop(arm, source=Recorded([input_events((EV_KEY, BTN_EAST, 1), (EV_KEY, BTN_SOUTH, 1))],
                                                 ranges=XBOX))
     with teleop:
         teleop.reset(0)
         teleop.get_action(arm.get_observation())
         assert [teleop.pop_event(), teleop.pop_event(), teleop.pop_event()] == ["discard", "done", None]
-
-
-@pytest.fixture
-def pty_pair():
-    master, slave = os.openpty()
-    yield master, slave
-    os.close(master)
-    os.close(slave)
 
 
 # 8 presses of 5 mm; backwards, the wrist's limit stops the tool after 6

@@ -45,7 +45,8 @@ def test_an_arm_task_without_units_or_in_unknown_units_is_named(tmp_path):
     path = tmp_path / "task.yaml"
     del cfg["features"]["action"]["units"]
     path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(UserError, match="action feature 'action' needs units \\(robot 'so101' works in degrees or range100\\)"):
+    with pytest.raises(UserError, match="action feature 'action' needs units \\(robot 'so101' works in "
+                                        "degrees or range100\\)"):
         load_task(path)
     cfg["features"]["action"]["units"] = "turns"
     path.write_text(yaml.safe_dump(cfg))
@@ -167,7 +168,7 @@ def test_reach_draws_the_ball_in_its_box_and_its_expert_gets_there():
             expert = make_expert(env.task, seed)
             expert.reset()
             obs = env.reset(seed)
-            for key, value in zip(("target_x", "target_y", "target_z"), obs["target"]):
+            for key, value in zip(("target_x", "target_y", "target_z"), obs["target"], strict=True):
                 assert r[key][0] <= value <= r[key][1]
             assert not env.logic.evaluate(env.model, env.data)[1]
             for _ in range(env.task.max_steps):

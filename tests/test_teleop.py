@@ -16,14 +16,6 @@ from robodiff.hal.teleop import TELEOPS, KeyboardTeleop
 ACTION = Feature("action", (2,), "float32")
 
 
-@pytest.fixture
-def pty_pair():
-    master, slave = os.openpty()
-    yield master, slave
-    os.close(master)
-    os.close(slave)
-
-
 def test_keyboard_moves_target_from_arrow_and_wasd_keys(pty_pair):
     master, slave = pty_pair
     before = termios.tcgetattr(slave)

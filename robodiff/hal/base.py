@@ -158,6 +158,10 @@ class Teleop(Device):
     # What to tell that person before recording (which key or axis does what).
     help = ""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
     @property
     @abc.abstractmethod
     def action_features(self) -> Features: ...
@@ -170,8 +174,9 @@ class Teleop(Device):
         """At the start of each episode (a scripted expert draws its choices from `seed`)."""
 
     def pop_event(self) -> str | None:
-        """`done`, `discard` or `quit` when the person ended the episode since the last call."""
-        return None
+        """`done`, `discard` or `quit` when the person ended the episode since the last call
+        (devices append them to `events`)."""
+        return self.events.pop(0) if self.events else None
 
     @abc.abstractmethod
     def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]: ...

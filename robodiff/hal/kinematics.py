@@ -17,7 +17,6 @@ joints clamped to their MJCF ranges after every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

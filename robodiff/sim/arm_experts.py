@@ -1,10 +1,12 @@
 """Scripted experts for the SO-101 tasks: they plan the tool's path in Cartesian space and turn it
 into joint targets with the arm's own inverse kinematics (`robot.kinematics`), as a person with a
-teleop device does. They read the simulation's state (the cube's pose), which a policy does not.
+teleop device does. They read the simulation's state (the cube's or the ball's position), which a
+policy does not.
 
-Reach: the tool straight to the ball, pointing down. Pick and place: approach above the cube with the jaws across two of its faces, descend, close,
-lift, carry above the square, lower, open, retreat. The tool moves at a bounded speed, so the
-demonstrations are smooth and the arm's position servos keep up.
+Reach: the tool straight to the ball, pointing down. Pick and place: approach above the cube with
+the jaws across two of its faces, descend, close, lift, carry above the square, lower, open,
+retreat. The tool moves at a bounded speed, so the demonstrations are smooth and the arm's
+position servos keep up.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The runtime logic of a MuJoCo task (`TaskLogic`): what it observes, how an episode starts, its
-score and success. One class per task family (push_block, push_t), named by the task YAML's `logic:`.
+score and success. One class per task family (push_block, push_t, pick_place, reach), named by the
+task YAML's `logic:`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from robodiff.errors import UserError
+from robodiff.hal.hardware import load_hardware
 
 
 class TaskLogic:
@@ -33,6 +35,21 @@ class TaskLogic:
     def evaluate(self, model, data) -> tuple[float, bool, dict]:
         """(score in [0, 1], success, extra info) for the current state."""
         raise NotImplementedError
+
+
+class ArmTaskLogic(TaskLogic):
+    """A task of an arm (a robot with kinematics): its joints start at `reset.arm` (radians, the
+    MJCF's), each moved by up to `reset.arm_noise` at random."""
+
+    def __init__(self, task: Any, model) -> None:
+        super().__init__(task, model)
+        self.hardware = load_hardware(task.robot)
+        self._arm = self.qpos_adr(model, *self.hardware.joints)
+        self._arm_start = np.asarray(self.cfg["reset"]["arm"], dtype=np.float64)
+        self._arm_noise = float(self.cfg["reset"]["arm_noise"])
+
+    def reset_arm(self, data, rng: np.random.Generator) -> None:
+        data.qpos[self._arm] = self._arm_start + rng.uniform(-self._arm_noise, self._arm_noise, len(self._arm))
 
 
 def set_mocap_pose(model, data, body: str, pose: np.ndarray) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodiff.hal.hardware import load_hardware
-from robodiff.sim.logic import TaskLogic, set_mocap_pose
+from robodiff.sim.logic import ArmTaskLogic, set_mocap_pose
 
 JAWS = ("fixed_jaw", "moving_jaw")
 
@@ -19,7 +18,7 @@ def yaw_quat(yaw: float) -> np.ndarray:
     return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
 
 
-class PickPlace(TaskLogic):
+class PickPlace(ArmTaskLogic):
     def __init__(self, task, model) -> None:
         super().__init__(task, model)
         self.center = np.asarray(self.cfg["goal"]["center"], dtype=np.float64)
@@ -31,9 +30,6 @@ class PickPlace(TaskLogic):
         self.cube_geom = model.geom("cube").id
         self.cube_half = float(model.geom("cube").size[0])
         self._jaws = {model.geom(name).id for name in JAWS}
-        reset = self.cfg["reset"]
-        self._arm = self.qpos_adr(model, *load_hardware(task.robot).joints)
-        self._arm_start = np.asarray(reset["arm"], dtype=np.float64)
 
     # ---- state --------------------------------------------------------------------------------
     def cube_pose(self, data) -> np.ndarray:
@@ -66,8 +62,7 @@ class PickPlace(TaskLogic):
         set_mocap_pose(model, data, "target", np.array([*self.center, 0.0]))
         x, y, yaw = rng.uniform(*r["cube_x"]), rng.uniform(*r["cube_y"]), rng.uniform(*r["cube_yaw"])
         data.qpos[self._cube:self._cube + 7] = [x, y, self.cube_half, *yaw_quat(yaw)]
-        noise = float(r["arm_noise"])
-        data.qpos[self._arm] = self._arm_start + rng.uniform(-noise, noise, len(self._arm))
+        self.reset_arm(data, rng)
 
     def evaluate(self, model, data) -> tuple[float, bool, dict]:
         touching = self.jaws_touching(data)
@@ -80,5 +75,6 @@ class PickPlace(TaskLogic):
         lifted = grasped and bottom >= float(self.score_cfg["lift_height"])
         s = self.score_cfg
         near = 1.0 - float(np.clip(distance / float(s["near_scale"]), 0.0, 1.0))
-        score = 1.0 if success else float(s["grasped"]) * grasped + float(s["lifted"]) * lifted + float(s["near"]) * near
+        progress = float(s["grasped"]) * grasped + float(s["lifted"]) * lifted + float(s["near"]) * near
+        score = 1.0 if success else progress
         return score, success, {"distance": distance, "grasped": grasped, "lifted": lifted}

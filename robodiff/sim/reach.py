@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodiff.hal.hardware import load_hardware
-from robodiff.sim.logic import TaskLogic
+from robodiff.sim.logic import ArmTaskLogic
 
 
-class Reach(TaskLogic):
+class Reach(ArmTaskLogic):
     def __init__(self, task, model) -> None:
         super().__init__(task, model)
-        hardware = load_hardware(task.robot)
-        self._tool = model.site(hardware.kinematics.site).id
+        self._tool = model.site(self.hardware.kinematics.site).id
         self._target = model.body_mocapid[model.body("target").id]
-        self._arm = self.qpos_adr(model, *hardware.joints)
-        self._arm_start = np.asarray(self.cfg["reset"]["arm"], dtype=np.float64)
         self.radius = float(self.cfg["success"]["radius"])
         self.scale = float(self.cfg["score"]["scale"])
 
@@ -30,8 +26,7 @@ class Reach(TaskLogic):
         r = self.cfg["reset"]
         data.mocap_pos[self._target] = [rng.uniform(*r["target_x"]), rng.uniform(*r["target_y"]),
                                         rng.uniform(*r["target_z"])]
-        noise = float(r["arm_noise"])
-        data.qpos[self._arm] = self._arm_start + rng.uniform(-noise, noise, len(self._arm))
+        self.reset_arm(data, rng)
 
     def evaluate(self, model, data) -> tuple[float, bool, dict]:
         distance = float(np.linalg.norm(data.site_xpos[self._tool] - self.target(data)))

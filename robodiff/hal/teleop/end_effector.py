@@ -10,7 +10,9 @@ they move is the hardware YAML's `teleop:` block.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,15 @@ from robodiff.hal.base import Teleop
 from robodiff.hal.teleop.terminal import EVENTS, TerminalKeys
 
 RATE_KEYS = ("speed", "turn_speed", "gripper_speed", "key_step", "key_turn", "key_gripper")
+
+
+def hardware_library(module: str, package: str, teleop: str) -> ModuleType:
+    """A device's library, a hardware extra imported only when the device is opened."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"teleop={teleop} needs the {package} library (`pip install {package}`, or "
+                        f"robodiff[hardware]), which is not installed") from None
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,6 @@ class EndEffectorTeleop(Teleop):
         self._low, self._high = (np.asarray(v, np.float64) for v in robot.action_limits[action_key])
         self.terminal = TerminalKeys(terminal_fd)
         self._use_terminal = False
-        self.events: list[str] = []
         self._command: np.ndarray | None = None
         self._pose: np.ndarray | None = None
 
@@ -120,9 +130,6 @@ class EndEffectorTeleop(Teleop):
         self._command = self._pose = None
         self.events.clear()
         self.terminal.clear()
-
-    def pop_event(self) -> str | None:
-        return self.events.pop(0) if self.events else None
 
     def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]:
         if self._command is None:

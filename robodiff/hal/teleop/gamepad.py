@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from robodiff.errors import UserError
-from robodiff.hal.teleop.end_effector import EndEffectorTeleop
+from robodiff.hal.teleop.end_effector import EndEffectorTeleop, hardware_library
 
 EV_KEY, EV_ABS = 0x01, 0x03
 ABS_X, ABS_Y, ABS_Z, ABS_RX, ABS_RY, ABS_RZ, ABS_HAT0X, ABS_HAT0Y = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x10, 0x11
@@ -120,11 +120,7 @@ class EvdevEvents:
 
 
 def open_gamepad() -> EvdevEvents:
-    try:
-        import evdev  # a hardware extra
-    except ImportError:
-        raise UserError("teleop=gamepad needs the evdev library (`pip install evdev`, or robodiff[hardware]), "
-                        "which is not installed") from None
+    evdev = hardware_library("evdev", "evdev", "gamepad")
     for path in evdev.list_devices():
         device = evdev.InputDevice(path)
         caps = device.capabilities(absinfo=True)
@@ -138,7 +134,7 @@ def open_gamepad() -> EvdevEvents:
 
 
 class GamepadTeleop(EndEffectorTeleop):
-    """`events`: an open event source (default: the first gamepad evdev finds)."""
+    """`source`: an open event source (default: the first gamepad evdev finds)."""
 
     name = "gamepad"
     device = "gamepad"
@@ -146,10 +142,10 @@ class GamepadTeleop(EndEffectorTeleop):
             "d-pad tips it; right trigger opens, left trigger closes the gripper; A ends the episode, "
             "B discards it, Back stops (or Enter / x / q in the terminal)")
 
-    def __init__(self, robot: Any, action_key: str = "action", events: Events | None = None,
+    def __init__(self, robot: Any, action_key: str = "action", source: Events | None = None,
                  terminal_fd: int | None = None) -> None:
         super().__init__(robot, action_key, terminal_fd)
-        self.source = events
+        self.source = source
         self.state: GamepadState | None = None
 
     def _open_device(self) -> None:

@@ -53,7 +53,6 @@ class KeyboardTeleop(Teleop):
         self.high = None if high is None else np.asarray(high, dtype=np.float32)
         self.terminal = TerminalKeys(fd)
         self._target: np.ndarray | None = None
-        self.events: list[str] = []
 
     @property
     def action_features(self) -> Features:
@@ -70,9 +69,6 @@ class KeyboardTeleop(Teleop):
         self._target = None
         self.terminal.clear()
         self.events.clear()
-
-    def pop_event(self) -> str | None:
-        return self.events.pop(0) if self.events else None
 
     def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]:
         if self._target is None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from robodiff.errors import UserError
-from robodiff.hal.teleop.end_effector import EndEffectorTeleop
+from robodiff.hal.teleop.end_effector import EndEffectorTeleop, hardware_library
 
 # (USB vendor id, product id) of the models we know, older 3Dconnexion (046d) and newer (256f)
 SPACEMICE = ((0x046D, 0xC626), (0x046D, 0xC62B), (0x256F, 0xC62E), (0x256F, 0xC63A), (0x256F, 0xC632),
@@ -91,11 +91,7 @@ class HidReports:
 
 
 def open_spacemouse() -> HidReports:
-    try:
-        import hid  # hidapi: a hardware extra
-    except ImportError:
-        raise UserError("teleop=spacemouse needs the hidapi library (`pip install hidapi`, or "
-                        "robodiff[hardware]), which is not installed") from None
+    hid = hardware_library("hid", "hidapi", "spacemouse")
     wanted = ", ".join(f"{v:04x}:{p:04x}" for v, p in SPACEMICE)
     for info in hid.enumerate():
         if (info.get("vendor_id"), info.get("product_id")) in SPACEMICE:
