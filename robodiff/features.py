@@ -10,16 +10,23 @@ import numpy as np
 from robodiff.errors import UserError
 
 KINDS = ("image", "lowdim", "action", "timestamp")
+# The conventions an arm's joint positions come in (LeRobot's two; see robodiff.hal.joint_units).
+JOINT_UNITS = ("degrees", "range100")
 
 
 @dataclass(frozen=True)
 class Feature:
-    """One named array per step: `kind` says how it is treated, `shape` excludes the time axis."""
+    """One named array per step: `kind` says how it is treated, `shape` excludes the time axis.
+
+    `units` (optional) names the convention the values are in, e.g. an arm's joints in `degrees`
+    or `range100`: stores and checkpoints record it, so data or a policy in one convention is
+    never fed to a robot in another (same-shaped numbers that mean different angles)."""
 
     kind: str
     shape: tuple[int, ...]
     dtype: str = "float32"
     names: tuple[str, ...] | None = field(default=None, compare=False)
+    units: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -28,18 +35,22 @@ class Feature:
         object.__setattr__(self, "dtype", str(np.dtype(self.dtype)))
         if self.kind == "image" and (len(self.shape) != 3 or self.dtype != "uint8"):
             raise UserError(f"image features are uint8 HWC, got shape {list(self.shape)} dtype {self.dtype}")
+        if self.units is not None and (not isinstance(self.units, str) or not self.units):
+            raise UserError(f"feature units must be a non-empty name, got {self.units!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "shape": list(self.shape), "dtype": self.dtype}
         if self.names:
             out["names"] = list(self.names)
+        if self.units:
+            out["units"] = self.units
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Feature":
         names = d.get("names")
         return cls(kind=d["kind"], shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
-                   names=tuple(names) if names else None)
+                   names=tuple(names) if names else None, units=d.get("units"))
 
 
 Features = dict[str, Feature]
@@ -67,3 +78,13 @@ def infer_feature(name: str, arr: np.ndarray) -> Feature:
 
 def of_kind(features: Features, *kinds: str) -> list[str]:
     return [k for k, f in features.items() if f.kind in kinds]
+
+
+def check_units(key: str, ours: Feature, theirs: Feature, who: str) -> None:
+    """A checkpoint's feature and a robot's or task's (`who`) must be in the same units: the same
+    shapes in another convention (degrees vs range100) would be read as other angles."""
+    if ours.units != theirs.units:
+        def say(units: str | None) -> str:
+            return f"units '{units}'" if units else "no stated units"
+        raise UserError(f"feature '{key}': the checkpoint's is in {say(ours.units)}, {who}'s in "
+                        f"{say(theirs.units)}; a policy runs only on a robot in its own units")

@@ -1,5 +1,7 @@
 """Shared test settings."""
 
+import os
+
 import pytest
 import torch
 
@@ -13,3 +15,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pty_pair():
+    """(master, slave) of a pseudo-terminal: a terminal for the keyboard teleops."""
+    master, slave = os.openpty()
+    yield master, slave
+    os.close(master)
+    os.close(slave)

@@ -137,7 +137,7 @@ def test_appending_to_a_store_with_other_features_names_the_key(tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["task=no_such_task", "out=x.zarr"], "no_such_task"),
     (["task=push_block", "out=x.zarr", "episodez=3"], "episodez"),
-    (["task=push_block", "out=x.zarr", "teleop=spacemouse"], "hardware extras"),
+    (["task=push_block", "out=x.zarr", "teleop=spacemouse"], "moves an arm's tool"),
     (["task=push_block", "out=x.zarr", "teleop=keyboard"], "not a TTY"),
     (["task=push_block"], "out="),
 ])

@@ -16,14 +16,6 @@ from robodiff.hal.teleop import TELEOPS, KeyboardTeleop
 ACTION = Feature("action", (2,), "float32")
 
 
-@pytest.fixture
-def pty_pair():
-    master, slave = os.openpty()
-    yield master, slave
-    os.close(master)
-    os.close(slave)
-
-
 def test_keyboard_moves_target_from_arrow_and_wasd_keys(pty_pair):
     master, slave = pty_pair
     before = termios.tcgetattr(slave)
@@ -69,10 +61,10 @@ def test_keyboard_without_a_tty_is_a_clear_user_error():
 
 
 @pytest.mark.parametrize("name", ["spacemouse", "gamepad", "leader"])
-def test_devices_not_built_yet_answer_with_one_line(name):
+def test_devices_that_cannot_drive_this_robot_answer_with_one_line(name):
     assert name in TELEOPS
     with pytest.raises(UserError, match=f"teleop={name}") as err:
-        make_teleop(name, robot=None)
+        make_teleop(name, robot=None)  # the leader arm is not built; the others need an arm
     assert "\n" not in str(err.value)
 
 

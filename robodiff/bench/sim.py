@@ -1,4 +1,6 @@
-"""Simulation speed: control steps per second for each MuJoCo task, with and without the 96x96 camera.
+"""Simulation speed: control steps per second for each MuJoCo task, with every camera the task
+declares rendered (at its feature size) and without rendering, and how many times faster than
+real time that is at the task's control rate.
 
 Keys (conf/bench_sim.yaml): `steps=N` timed control steps per measurement, `tasks=[a,b]` (null:
 every MuJoCo task), `seed`. Random actions within the robot's limits; episodes are reset when
@@ -42,7 +44,7 @@ def load_config(overrides: list[str]) -> DictConfig:
 def steps_per_second(task: str, render: bool, steps: int, seed: int = 0) -> float:
     env = SimEnv(load_task(task), render=render)
     rng = np.random.default_rng(seed)
-    low, high = env.robot.hardware.action_low, env.robot.hardware.action_high
+    low, high = env.robot.action_limits["action"]
     try:
         env.reset(seed)
         start = time.perf_counter()
@@ -67,9 +69,14 @@ def run(overrides: list[str], flags: set[str]) -> dict:
                  if read_yaml(p).get("kind", "mujoco") == "mujoco"]
     results: dict[str, dict[str, float]] = {}
     for task in progress_bar(tasks, desc="bench sim"):
-        results[task] = {"steps_per_s_render": round(steps_per_second(task, True, steps, seed), 1),
-                         "steps_per_s_no_render": round(steps_per_second(task, False, steps, seed), 1)}
-        print(f"{task}: {results[task]['steps_per_s_render']} control steps/s with 96x96 rendering, "
+        spec = load_task(task)
+        cameras = [f"{k} {f.shape[1]}x{f.shape[0]}" for k, f in spec.features.items() if f.kind == "image"]
+        rendered = steps_per_second(task, True, steps, seed)
+        results[task] = {"steps_per_s_render": round(rendered, 1),
+                         "steps_per_s_no_render": round(steps_per_second(task, False, steps, seed), 1),
+                         "cameras": cameras, "fps": spec.fps, "realtime_factor_render": round(rendered / spec.fps, 1)}
+        print(f"{task}: {results[task]['steps_per_s_render']} control steps/s rendering {', '.join(cameras)} "
+              f"({results[task]['realtime_factor_render']}x real time at {spec.fps:g} fps), "
               f"{results[task]['steps_per_s_no_render']} without")
     return {"bench": "sim", "steps": steps, "tasks": results, "machine": _machine(),
             "mujoco_gl": os.environ.get("MUJOCO_GL", ""), "date": time.strftime("%Y-%m-%d", time.gmtime())}

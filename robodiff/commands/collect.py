@@ -8,6 +8,7 @@ kill mid-episode loses that episode and nothing else.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +24,6 @@ from robodiff.data.integrity import open_for_append
 from robodiff.data.store import EpisodeRecorder, EpisodeStore
 from robodiff.errors import UserError
 from robodiff.hal import make_teleop
-from robodiff.hal.teleop import KEYBOARD_HELP
 from robodiff.sim.env import TaskRobot, task_robot
 from robodiff.sim.outcome import TaskOutcome
 from robodiff.sim.tasks import TaskSpec, load_task
@@ -37,7 +37,9 @@ Records N episodes into the Zarr episode store PATH (created, or appended to whe
 match): observations, the action the robot really executed (after clamping) and timestamps.
 teleop=expert: the task's scripted expert, attempt i seeded with S+i; failed attempts are dropped
 unless keep_failed=true. teleop=keyboard: arrows/WASD move the target in the terminal (works over
-ssh); Enter/Space ends an episode, x discards it, q stops. Ctrl-C loses only the episode in progress.
+ssh), on an arm the tool (w/s a/d r/f i/k j/l, o/c the gripper); teleop=spacemouse|gamepad move an
+arm's tool (docs/architecture.md says which axis drives which). Enter/Space ends an episode, x
+discards it, q stops. Ctrl-C loses only the episode in progress.
 --json: last stdout line {"out", "episodes", "frames", "success_rate", "attempts", ...}
 Keys: robodiff/conf/collect.yaml.
 """
@@ -81,8 +83,8 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
             loop = EpisodeLoop(SafeRobot(robot, filt, None, None), clock, desc=f"collect {task.name}")
             outcome = TaskOutcome(robot, task.max_steps, task.fps)
             source = TeleopSource(device, "action")
-            if human:
-                print(KEYBOARD_HELP)
+            if device.help:
+                print(device.help, file=sys.stderr)
             bar = progress_bar(total=episodes, desc=f"collect {task.name} ({teleop})", unit="ep")
             try:
                 while kept < episodes and attempts < max_attempts:
@@ -106,13 +108,13 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
             except KeyboardInterrupt:
                 recorder.discard()
                 interrupted = True
-                print(f"\ninterrupted: the episode in progress was dropped, {kept} kept")
+                print(f"\ninterrupted: the episode in progress was dropped, {kept} kept", file=sys.stderr)
             finally:
                 bar.close()
     finally:
         robot.close()
     if kept < episodes and not interrupted and teleop == "expert":
-        print(f"warning: only {kept} of {episodes} episodes succeeded in {attempts} attempts")
+        print(f"warning: only {kept} of {episodes} episodes succeeded in {attempts} attempts", file=sys.stderr)
     assert store is not None
     return {"out": str(out), "task": task.name, "teleop": teleop, "episodes": kept, "frames": frames,
             "attempts": attempts, "success_rate": successes / attempts if attempts else 0.0,

@@ -18,7 +18,7 @@ HELP = """
 usage: robodiff dataset info PATH [--json]
        robodiff dataset validate PATH [--repair] [--json]
        robodiff dataset view PATH episode=K [out=FILE.mp4] [--json]
-       robodiff dataset import SRC DEST [format=auto] [--json]
+       robodiff dataset import SRC DEST [format=auto] [units=degrees|range100] [rename=OLD:NEW,...] [--json]
 
   info      episodes, frames, fps and features of a store (directory or .zarr.zip)
   validate  uncommitted tail, broken meta/episode_ends, unequal lengths, missing action,
@@ -28,7 +28,9 @@ usage: robodiff dataset info PATH [--json]
   view      an mp4 of one episode: camera frames side by side, action/state traces beside them
             with a cursor at the current step (out defaults to <store>_episode<K>.mp4)
   import    convert SRC into a new store at DEST; format: auto, dp_zarr, dp_real, demo_folder,
-            robomimic, lerobot (see docs/formats.md)
+            robomimic, lerobot (see docs/formats.md). units: the convention an arm's state and
+            action are in (required for LeRobot SO-101 data, whose metadata does not say);
+            rename: feature names to change, e.g. rename=top:front,laptop:wrist for cameras
 """
 
 FLAGS = ("--repair",)
@@ -82,10 +84,23 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
             raise UserError(f"out={out}: the episode is written as an mp4 video; give a path ending in .mp4")
         return view(path, episode, out)
     src, dest = _positionals(sub, rest, ["SRC", "DEST"])
-    opts = _options(sub, overrides, {"format": "auto"})
-    result = import_dataset(src, dest, opts["format"] or "auto")
+    opts = _options(sub, overrides, {"format": "auto", "units": None, "rename": None})
+    result = import_dataset(src, dest, opts["format"] or "auto", units=opts["units"],
+                            rename=_renames(opts["rename"]))
     print(f"imported {src} -> {dest}", file=sys.stderr)
     return result
+
+
+def _renames(value: str | None) -> dict[str, str]:
+    """`rename=OLD:NEW,OLD2:NEW2` -> {OLD: NEW, OLD2: NEW2}."""
+    pairs = [p for p in (value or "").strip("[]{}").split(",") if p.strip()]
+    out = {}
+    for pair in pairs:
+        old, sep, new = (x.strip() for x in pair.partition(":"))
+        if not sep or not old or not new:
+            raise UserError(f"rename={value}: expected OLD:NEW pairs separated by commas (e.g. rename=top:front)")
+        out[old] = new
+    return out
 
 
 def info(path: str) -> dict[str, Any]:

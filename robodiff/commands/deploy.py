@@ -22,7 +22,7 @@ from robodiff.control.safety import EStop, SafeRobot, SafetyConfig, SafetyFilter
 from robodiff.data.integrity import open_for_append
 from robodiff.data.store import EpisodeRecorder
 from robodiff.errors import ConfigError, UserError
-from robodiff.features import Feature, Features
+from robodiff.features import Feature, Features, check_units
 from robodiff.hal import make_robot
 from robodiff.hal.base import Robot
 from robodiff.policy.checkpoint import load_policy, read_chunk_spec, read_policy_meta, require_guided_checkpoint
@@ -92,11 +92,13 @@ def check_features(policy: Any, robot: Robot, checkpoint: str, robot_name: str) 
         if tuple(have.shape) != tuple(want.shape):
             raise UserError(f"checkpoint {checkpoint} expects observation '{key}' of shape "
                             f"{list(want.shape)}, robot '{robot_name}' gives {list(have.shape)}")
+        check_units(key, want, have, f"robot '{robot_name}'")
     want = policy.features[policy.action_key]
     have = robot.action_features.get("action")
     if have is None or tuple(have.shape) != tuple(want.shape):
         raise UserError(f"checkpoint {checkpoint} outputs action of shape {list(want.shape)}, robot "
                         f"'{robot_name}' takes {list(have.shape) if have else 'no action'}")
+    check_units("action", want, have, f"robot '{robot_name}'")
 
 
 def record_features(robot: Robot) -> Features:

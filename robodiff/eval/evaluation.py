@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robodiff.control.executors import check_executor, check_n_action_steps
 from robodiff.errors import UserError
+from robodiff.features import check_units
 from robodiff.eval.report import default_out, plot_results
 from robodiff.eval.rollouts import COUNTERS, EvalSpec, rows
 from robodiff.eval.stats import wilson_interval
@@ -38,6 +39,7 @@ def check_policy_features(features: Any, obs_keys: list[str], action_key: str, t
         if tuple(ours.shape) != tuple(theirs.shape):
             raise UserError(f"feature '{key}': checkpoint expects shape {list(ours.shape)}, task "
                             f"'{task.name}' gives {list(theirs.shape)}")
+        check_units(key, ours, theirs, f"task '{task.name}'")
 
 
 def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str | os.PathLike | None = None,

@@ -100,6 +100,10 @@ class Robot(Device):
     @abc.abstractmethod
     def action_features(self) -> Features: ...
 
+    # An arm's `ArmKinematics` (robodiff.hal.kinematics), built from its hardware YAML by every
+    # backend: what end-effector teleop devices and scripted experts move the tool with.
+    kinematics: Any = None
+
     # Set on an instance when limits are only known at run time (e.g. after a calibration).
     _action_limits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
@@ -151,6 +155,12 @@ class Teleop(Device):
 
     # A person drives it: recording runs at the task's control rate, not as fast as the sim goes.
     human = False
+    # What to tell that person before recording (which key or axis does what).
+    help = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
 
     @property
     @abc.abstractmethod
@@ -164,8 +174,9 @@ class Teleop(Device):
         """At the start of each episode (a scripted expert draws its choices from `seed`)."""
 
     def pop_event(self) -> str | None:
-        """`done`, `discard` or `quit` when the person ended the episode since the last call."""
-        return None
+        """`done`, `discard` or `quit` when the person ended the episode since the last call
+        (devices append them to `events`)."""
+        return self.events.pop(0) if self.events else None
 
     @abc.abstractmethod
     def _get_action(self, observation: dict[str, Any] | None) -> dict[str, np.ndarray]: ...

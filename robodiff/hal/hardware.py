@@ -6,7 +6,7 @@ simulator or serial port is opened.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,17 @@ import numpy as np
 import yaml
 
 from robodiff.errors import UserError
+from robodiff.features import JOINT_UNITS
+from robodiff.hal.joint_units import JointUnits, parse_joint_units
 from robodiff.paths import resolve_yaml
 
-# Drivers that exist in this version; a YAML may name another (e.g. `feetech` for the SO-101) and
-# is still loadable as a description, but cannot be connected yet.
-
-MUJOCO_KEYS = {"name", "driver", "model", "joints", "actuators", "limits", "physics", "cameras"}
+# The simulation part of a hardware YAML: any YAML with a `model:` (MJCF) has it, whatever its
+# driver, so one YAML describes an arm for every backend (simulation, kinematics, the physical
+# driver). A physical driver also reads its own keys (`PHYSICAL_KEYS`). A YAML without a model
+# (a driver this version lacks) is still loadable as a description, but cannot be connected.
+SIM_KEYS = {"name", "driver", "model", "joints", "actuators", "limits", "physics", "cameras", "units",
+            "kinematics", "teleop"}
+PHYSICAL_KEYS = {"bus", "calibration"}
 
 
 @dataclass(frozen=True)
@@ -30,17 +35,44 @@ class CameraSpec:
 
 
 @dataclass(frozen=True)
+class KinematicsSpec:
+    """What an arm's FK/IK controls: the tool `site`, with `joints` (those before the gripper);
+    `gripper` is the joint that opens and closes."""
+
+    site: str
+    joints: tuple[str, ...]
+    gripper: str
+
+
+@dataclass(frozen=True)
 class HardwareSpec:
     name: str
     driver: str
     path: Path
     joints: tuple[str, ...] = ()
     actuators: tuple[str, ...] = ()
-    action_low: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    action_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # None for an arm whose limits are its MJCF ranges in `units`
+    action_low: np.ndarray | None = field(default_factory=lambda: np.zeros(0))
+    action_high: np.ndarray | None = field(default_factory=lambda: np.zeros(0))
     substeps_per_control: int | None = None
     cameras: dict[str, CameraSpec] = field(default_factory=dict)
+    # An arm's state/action units (None: the joints' own, e.g. the pusher's table pixels), and
+    # every convention its YAML maps.
+    units: JointUnits | None = None
+    unit_conventions: dict[str, JointUnits] = field(default_factory=dict)
+    kinematics: KinematicsSpec | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path.parent / str(self.raw["model"])
+
+    def with_units(self, convention: str) -> "HardwareSpec":
+        """The same robot working in another of its unit conventions."""
+        if convention not in self.unit_conventions:
+            raise UserError(f"robot '{self.name}' ({self.path}) has no '{convention}' units "
+                            f"(it maps: {', '.join(self.unit_conventions) or 'none'})")
+        return replace(self, units=self.unit_conventions[convention])
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -72,28 +104,66 @@ def _names(data: dict[str, Any], key: str, path: Path) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _joints(data: dict[str, Any], path: Path) -> tuple[str, ...]:
+    """`joints:` is a list of names, or (an arm) a mapping from names to motor and unit entries."""
+    value = _require(data, "joints", path)
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        return tuple(str(k) for k in value)
+    return _names(data, "joints", path)
+
+
+def _units(data: dict[str, Any], path: Path) -> tuple[JointUnits | None, dict[str, JointUnits]]:
+    if data.get("units") is None:
+        return None, {}
+    if not isinstance(data["joints"], dict):
+        raise UserError(f"{path}: 'units' needs 'joints' to map each joint to its unit entries")
+    conventions = {c: parse_joint_units(data["joints"], c, path) for c in JOINT_UNITS}
+    default = str(data["units"])
+    if default not in conventions:
+        raise UserError(f"{path}: units '{default}' is not one of {', '.join(JOINT_UNITS)}")
+    return conventions[default], conventions
+
+
+def _kinematics(data: dict[str, Any], joints: tuple[str, ...], path: Path) -> KinematicsSpec | None:
+    raw = data.get("kinematics")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not {"site", "joints", "gripper"} <= set(raw):
+        raise UserError(f"{path}: 'kinematics' needs 'site', 'joints' and 'gripper'")
+    chain = tuple(str(j) for j in raw["joints"])
+    for joint in (*chain, str(raw["gripper"])):
+        if joint not in joints:
+            raise UserError(f"{path}: kinematics joint '{joint}' is not one of the joints ({', '.join(joints)})")
+    return KinematicsSpec(str(raw["site"]), chain, str(raw["gripper"]))
+
+
 def load_hardware(name_or_path: str) -> HardwareSpec:
     """Parse and check `hardware/<name>.yaml` (or a path to one)."""
     path = resolve_yaml("hardware", name_or_path)
     data = read_yaml(path)
     name = str(data.get("name", path.stem))
     driver = str(_require(data, "driver", path))
-    if driver != "mujoco":
+    if driver != "mujoco" and "model" not in data:
         return HardwareSpec(name=name, driver=driver, path=path, raw=data)
-    unknown = sorted(set(data) - MUJOCO_KEYS)
+    known = SIM_KEYS | (PHYSICAL_KEYS if driver != "mujoco" else set())
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(MUJOCO_KEYS))})")
+        raise UserError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
     _require(data, "model", path)
-    joints = _names(data, "joints", path)
-    actuators = _names(data, "actuators", path)
-    limits = _require(data, "limits", path)
+    joints = _joints(data, path)
+    actuators = _names(data, "actuators", path) if "actuators" in data else joints
+    units, conventions = _units(data, path)
+    limits = data.get("limits") or {}
     action = limits.get("action") if isinstance(limits, dict) else None
-    if not isinstance(action, dict) or "low" not in action or "high" not in action:
+    if action is None and units is not None:
+        low = high = None  # the MJCF's ranges, in the arm's units (the robot reads them from the model)
+    elif not isinstance(action, dict) or "low" not in action or "high" not in action:
         raise UserError(f"{path}: 'limits.action' needs 'low' and 'high' lists")
-    low = np.asarray(action["low"], dtype=np.float64)
-    high = np.asarray(action["high"], dtype=np.float64)
-    if low.shape != (len(actuators),) or high.shape != (len(actuators),) or np.any(low > high):
-        raise UserError(f"{path}: 'limits.action' low/high must be {len(actuators)} numbers each, low <= high")
+    else:
+        low = np.asarray(action["low"], dtype=np.float64)
+        high = np.asarray(action["high"], dtype=np.float64)
+        if low.shape != (len(actuators),) or high.shape != (len(actuators),) or np.any(low > high):
+            raise UserError(f"{path}: 'limits.action' low/high must be {len(actuators)} numbers each, low <= high")
     substeps = (data.get("physics") or {}).get("substeps_per_control")
     cameras = {}
     for feat, cam in (data.get("cameras") or {}).items():
@@ -103,4 +173,5 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
     return HardwareSpec(name=name, driver=driver, path=path, joints=joints, actuators=actuators,
                         action_low=low, action_high=high,
                         substeps_per_control=int(substeps) if substeps else None,
-                        cameras=cameras, raw=data)
+                        cameras=cameras, units=units, unit_conventions=conventions,
+                        kinematics=_kinematics(data, joints, path), raw=data)

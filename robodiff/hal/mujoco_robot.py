@@ -27,6 +27,7 @@ from robodiff.errors import UserError  # noqa: E402
 from robodiff.features import Feature, Features  # noqa: E402
 from robodiff.hal.base import Robot  # noqa: E402
 from robodiff.hal.hardware import HardwareSpec  # noqa: E402
+from robodiff.hal.kinematics import ArmKinematics  # noqa: E402
 from robodiff.hal.mujoco_camera import MujocoCamera  # noqa: E402
 
 Observe = Callable[[mujoco.MjModel, mujoco.MjData], dict[str, np.ndarray]]
@@ -88,7 +89,15 @@ class MujocoRobot(Robot):
         # position actuators hold where their joint is at reset instead of pulling towards 0
         act_joints = self.model.actuator_trnid[self._actuators, 0]
         self._actuated_qpos = self.model.jnt_qposadr[act_joints]
-        self._low, self._high = hardware.action_low, hardware.action_high
+        # An arm works in its units (state and action); the MJCF's controls are radians.
+        self.units = hardware.units
+        if hardware.action_low is None:
+            ends = self._to_units(self.model.actuator_ctrlrange[self._actuators].T)
+            self._low, self._high = ends.min(axis=0), ends.max(axis=0)
+        else:
+            self._low, self._high = hardware.action_low, hardware.action_high
+        self.kinematics = ArmKinematics(hardware) if hardware.kinematics is not None else None
+        self._command = np.zeros(len(self._actuators))  # the last command, in the robot's units
         self._t0 = 0.0
         self._video_cameras: dict[tuple[str, int], MujocoCamera] = {}
         self.cameras: dict[str, MujocoCamera] = {}
@@ -102,7 +111,8 @@ class MujocoRobot(Robot):
     def _build_observation_features(self, given: Features | None) -> Features:
         feats: Features = {k: Feature("image", c.shape, "uint8") for k, c in self.cameras.items()}
         if given is None:
-            feats["state"] = Feature("lowdim", (len(self._joint_qpos),), "float32", names=self.hardware.joints)
+            feats["state"] = Feature("lowdim", (len(self._joint_qpos),), "float32", names=self.hardware.joints,
+                                     units=self._convention)
         else:
             feats.update({k: f for k, f in given.items() if f.kind == "lowdim"})
         feats["timestamp"] = Feature("timestamp", (), "float64")
@@ -114,7 +124,22 @@ class MujocoRobot(Robot):
 
     @property
     def action_features(self) -> Features:
-        return {"action": Feature("action", (len(self._actuators),), "float32", names=self.hardware.actuators)}
+        return {"action": Feature("action", (len(self._actuators),), "float32", names=self.hardware.actuators,
+                                  units=self._convention)}
+
+    @property
+    def _convention(self) -> str | None:
+        return self.units.convention if self.units is not None else None
+
+    def _to_units(self, radians: np.ndarray) -> np.ndarray:
+        return radians if self.units is None else self.units.to_units(radians)
+
+    def _to_ctrl(self, command: np.ndarray) -> np.ndarray:
+        return command if self.units is None else self.units.to_radians(command)
+
+    def joint_state(self) -> np.ndarray:
+        """The joints' positions, in the robot's units (an arm's `state`)."""
+        return self._to_units(self.data.qpos[self._joint_qpos]).astype(np.float32)
 
     @property
     def action_limits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -143,7 +168,7 @@ class MujocoRobot(Robot):
             mujoco.mj_resetData(self.model, self.data)
             if initialize is not None:
                 initialize(self.model, self.data)
-            self.data.ctrl[self._actuators] = self._actuated_positions()
+            self.data.ctrl[self._actuators] = self._to_ctrl(self._actuated_positions())
             mujoco.mj_forward(self.model, self.data)
             self._t0 = self._now()
 
@@ -175,11 +200,11 @@ class MujocoRobot(Robot):
             if self.realtime:
                 self._catch_up()
             obs: dict[str, Any] = {k: cam.read_latest()[0] for k, cam in self.cameras.items()}
-            if self._observe is None:
-                obs["state"] = self.data.qpos[self._joint_qpos].astype(np.float32)
-            else:
-                for k, v in self._observe(self.model, self.data).items():
-                    obs[k] = np.asarray(v, dtype=self._obs_features[k].dtype)
+            extra = {} if self._observe is None else self._observe(self.model, self.data)
+            for k, v in extra.items():
+                obs[k] = np.asarray(v, dtype=self._obs_features[k].dtype)
+            if "state" in self._obs_features and "state" not in extra:  # the joints, unless a task says otherwise
+                obs["state"] = self.joint_state()
             obs["timestamp"] = self.timestamp
             return obs
 
@@ -193,16 +218,19 @@ class MujocoRobot(Robot):
             if self.realtime:
                 self._catch_up()
             if np.all(np.isfinite(a)):
-                self.data.ctrl[self._actuators] = np.clip(a, self._low, self._high)
+                self._command = np.clip(a, self._low, self._high)
+                self.data.ctrl[self._actuators] = self._to_ctrl(self._command)
             # a non-finite command is dropped: the robot keeps its previous target, and reports so
-            sent = self.data.ctrl[self._actuators].astype(np.float32)
+            sent = self._command.astype(np.float32)
             if not self.realtime:
                 mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         return {"action": sent}
 
     def _actuated_positions(self) -> np.ndarray:
-        """Where the actuated joints are, as a command (position actuators, clamped to the limits)."""
-        return np.clip(self.data.qpos[self._actuated_qpos], self._low, self._high)
+        """Where the actuated joints are, as a command (position actuators, clamped to the limits);
+        it becomes the command the robot reports as sent."""
+        self._command = np.clip(self._to_units(self.data.qpos[self._actuated_qpos]), self._low, self._high)
+        return self._command
 
     def _hold(self) -> dict[str, np.ndarray]:
         # Straight from MjData, never through the cameras: rendering is bound to the thread that
@@ -211,8 +239,8 @@ class MujocoRobot(Robot):
             if self.realtime:
                 self._catch_up()  # hold where the robot is now, not where it was at the last call
             # No physics step even when not realtime: holding is a command, not a control period.
-            self.data.ctrl[self._actuators] = self._actuated_positions()
-            return {"action": self.data.ctrl[self._actuators].astype(np.float32)}
+            self.data.ctrl[self._actuators] = self._to_ctrl(self._actuated_positions())
+            return {"action": self._command.astype(np.float32)}
 
     def render(self, camera: str, size: int) -> np.ndarray:
         """A frame from any MJCF camera at `size` x `size` (for videos; not an observation)."""

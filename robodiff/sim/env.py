@@ -42,7 +42,11 @@ class TaskRobot(MujocoRobot):
         self.task = task
         self.logic: TaskLogic = LOGIC[task.config["logic"]](task, model)
         rng = np.random.default_rng(seed)
-        super().__init__(model, load_hardware(task.robot), fps=task.fps, realtime=realtime, cameras=render,
+        hardware = load_hardware(task.robot)
+        units = task.features[task.action_key].units
+        if units is not None:  # an arm works in the units the task's features declare
+            hardware = hardware.with_units(units)
+        super().__init__(model, hardware, fps=task.fps, realtime=realtime, cameras=render,
                          observation_features=task.features, observe=self.logic.observe,
                          initialize=lambda m, d: self.logic.reset(m, d, rng),
                          name=f"sim robot of task '{task.name}'")

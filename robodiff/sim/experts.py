@@ -21,6 +21,7 @@ import numpy as np
 from robodiff.errors import UserError
 from robodiff.features import Features
 from robodiff.hal.base import Teleop
+from robodiff.sim.arm_experts import PickPlaceExpert, ReachExpert
 from robodiff.sim.coverage import T_PARTS, distance_to_parts, place, rotation
 from robodiff.sim.tasks import TaskSpec, as_task
 
@@ -206,7 +207,8 @@ class PushTExpert:
         return all(distance_to_parts(a + t * (b - a), parts) > r + 2.0 for t in np.linspace(0, 1, 12))
 
 
-EXPERTS = {"push_block": PushBlockExpert, "push_t": PushTExpert}
+EXPERTS = {"push_block": PushBlockExpert, "push_t": PushTExpert, "pick_place": PickPlaceExpert,
+           "reach": ReachExpert}
 
 
 def make_expert(task: str | Path | TaskSpec, seed: int | None = None) -> Expert:

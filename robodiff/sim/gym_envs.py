@@ -42,9 +42,8 @@ class RobodiffEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": spec.fps}
         self.obs_keys = [k for k in spec.observation_keys if images or spec.features[k].kind != "image"]
         self.observation_space = spaces.Dict({k: _box(spec.features[k]) for k in self.obs_keys})
-        hw = self.sim.robot.hardware
-        self.action_space = spaces.Box(hw.action_low.astype(np.float32), hw.action_high.astype(np.float32),
-                                       dtype=np.float32)
+        low, high = self.sim.robot.action_limits["action"]
+        self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
 
     def _split(self, obs: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {k: obs[k] for k in self.obs_keys}, {"timestamp": obs["timestamp"]}

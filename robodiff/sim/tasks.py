@@ -19,11 +19,14 @@ from robodiff.hal.hardware import load_hardware, read_yaml
 from robodiff.paths import resolve_yaml
 from robodiff.sim.gym_tasks import gym_task_features
 from robodiff.sim.logic import TaskLogic, check_logic_config
+from robodiff.sim.pick_place import PickPlace
 from robodiff.sim.push_block import PushBlock
 from robodiff.sim.push_t import PushT
+from robodiff.sim.reach import Reach
 
 # logic name -> the class implementing reset/observe/evaluate for a MuJoCo task
-LOGIC: dict[str, type[TaskLogic]] = {"push_t": PushT, "push_block": PushBlock}
+LOGIC: dict[str, type[TaskLogic]] = {"push_t": PushT, "push_block": PushBlock, "pick_place": PickPlace,
+                                   "reach": Reach}
 
 COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features", "policy_inputs"}
 # A MuJoCo task also holds the blocks its logic declares (`TaskLogic.CONFIG`).
@@ -91,6 +94,13 @@ def _check_against_robot(features: Features, robot: str, path: Path) -> None:
         elif f.kind == "action" and f.shape != (len(hw.actuators),):
             raise UserError(f"{path}: action feature '{name}' has shape {list(f.shape)} but robot "
                             f"'{robot}' has {len(hw.actuators)} actuators")
+        if f.kind == "action" and hw.unit_conventions and f.units is None:
+            raise UserError(f"{path}: action feature '{name}' needs units (robot '{robot}' works in "
+                            f"{' or '.join(hw.unit_conventions)})")
+        if f.units is not None and f.kind in ("action", "lowdim") and name in ("action", "state") \
+                and f.units not in hw.unit_conventions:
+            raise UserError(f"{path}: feature '{name}' is in units '{f.units}', which robot '{robot}' "
+                            f"does not map (it maps: {', '.join(hw.unit_conventions) or 'none'})")
 
 
 def load_task(name_or_path: str | Path) -> TaskSpec:

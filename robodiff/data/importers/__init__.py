@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from robodiff.data.importers import demo_folder, dp_real, dp_zarr, lerobot, robomimic
-from robodiff.data.importers.source import Source, check_dest, write_store
+from robodiff.data.importers.source import Source, check_dest, relabel, write_store
 from robodiff.errors import UserError
 
 READERS: dict[str, Callable[[Path], Source]] = {
@@ -54,8 +54,11 @@ def detect_format(src: str | os.PathLike) -> str:
                     f"demo folder, robomimic HDF5 or LeRobot folder); pass format=<name>")
 
 
-def import_dataset(src: str | os.PathLike, dest: str | os.PathLike, fmt: str = "auto") -> dict[str, Any]:
-    """Import SRC into a new episode store at DEST. Returns {dest, format, episodes, frames, features}."""
+def import_dataset(src: str | os.PathLike, dest: str | os.PathLike, fmt: str = "auto",
+                   units: str | None = None, rename: dict[str, str] | None = None) -> dict[str, Any]:
+    """Import SRC into a new episode store at DEST. Returns {dest, format, episodes, frames, features}.
+    `units`: the convention an arm's joint features (state, action) are in; `rename`: old -> new
+    feature names."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format '{fmt}' (one of {', '.join(FORMATS)})")
     src = Path(src)
@@ -64,4 +67,10 @@ def import_dataset(src: str | os.PathLike, dest: str | os.PathLike, fmt: str = "
     check_dest(Path(dest))
     if fmt == "auto":
         fmt = detect_format(src)
-    return write_store(READERS[fmt](src), dest, fmt)
+    source = READERS[fmt](src)
+    try:
+        source = relabel(source, units, rename or {})
+    except UserError:
+        source.episodes.close()
+        raise
+    return write_store(source, dest, fmt)

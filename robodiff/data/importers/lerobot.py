@@ -113,8 +113,13 @@ def read(src: Path) -> Source:
             feat_kind = {"action": "action", "timestamp": "timestamp"}.get(name, "lowdim")
             features[name] = lowdim(layout.numeric_shape(key), feat_kind, layout.names(key))
     features.setdefault("timestamp", lowdim((), "timestamp"))
+    robot = layout.info.get("robot_type")
+    # LeRobot records an SO-101 (`so101`, `so101_follower`, ...) in degrees or in range100 and
+    # does not say which; our name for the arm is `so101`.
+    so101 = str(robot).startswith("so101")
     return Source(origin=str(src), features=features, episodes=_stream(layout, episodes),
-                  total=len(episodes), fps=layout.fps, robot=layout.info.get("robot_type"))
+                  total=len(episodes), fps=layout.fps, robot="so101" if so101 else robot,
+                  units_unstated=so101)
 
 
 def _v21_episodes(layout: Layout) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Container, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from robodiff.data.store import EpisodeStore
 from robodiff.errors import StoreError, UserError
-from robodiff.features import Feature, Features, features_to_dict
+from robodiff.features import JOINT_UNITS, Feature, Features, features_to_dict
 from robodiff.progress import progress_bar
 
 
@@ -36,6 +36,9 @@ class Source:
     fps: float | None = None
     task: str | None = None
     robot: str | None = None
+    # The joint positions are in a unit convention the metadata does not state (LeRobot SO-101
+    # data: degrees or range100), so the import must be told (`units=`).
+    units_unstated: bool = False
 
 
 def require_action(keys: Container[str], origin: str) -> None:
@@ -129,3 +132,36 @@ def write_store(source: Source, dest: str | os.PathLike, fmt: str) -> dict[str, 
 
 def lowdim(shape: tuple[int, ...], kind: str = "lowdim", names: tuple[str, ...] | None = None) -> Feature:
     return Feature(kind, shape, "float64" if kind == "timestamp" else "float32", names=names)
+
+
+# The features that hold an arm's joint positions, whose units `units=` states.
+JOINT_FEATURES = ("state", "action")
+
+
+def relabel(source: Source, units: str | None, rename: dict[str, str]) -> Source:
+    """The source with features renamed (`rename`: old -> new name, e.g. a LeRobot camera name to
+    the robot's) and its joint features marked as being in `units`."""
+    if units is not None and units not in JOINT_UNITS:
+        raise UserError(f"units={units}: one of {', '.join(JOINT_UNITS)}")
+    if source.units_unstated and units is None:
+        raise UserError(f"{source.origin}: an {source.robot} dataset, whose joint positions are in "
+                        f"{' or '.join(JOINT_UNITS)} (its metadata does not say which): import it with "
+                        f"units={'|'.join(JOINT_UNITS)}")
+    for old, new in rename.items():
+        if old not in source.features:
+            raise UserError(f"rename={old}:{new}: {source.origin} has no feature '{old}' "
+                            f"(it has {', '.join(source.features)})")
+    names = {k: rename.get(k, k) for k in source.features}
+    if len(set(names.values())) < len(names):
+        raise UserError(f"rename: two features would be named alike ({', '.join(names.values())})")
+    features = {names[k]: (replace(f, units=units) if units is not None and names[k] in JOINT_FEATURES else f)
+                for k, f in source.features.items()}
+
+    def episodes() -> Generator[Episode, None, None]:
+        try:
+            for episode in source.episodes:
+                yield Episode({names.get(k, k): v for k, v in episode.data.items()}, episode.origin)
+        finally:
+            source.episodes.close()
+
+    return replace(source, features=features, episodes=episodes())

@@ -1,0 +1,50 @@
+"""Teleop devices: where `robodiff collect` gets a person's actions.
+
+The terminal keyboard drives a planar target (the pushers) or, on a robot with kinematics (an
+arm), the arm's tool; the SpaceMouse and the gamepad drive an arm's tool. The leader arm keeps its
+name and comes with the physical arm. A simulated task's scripted expert is a teleop too,
+registered by `robodiff.sim`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from robodiff.errors import UserError
+from robodiff.hal.base import Teleop, robot_limits
+from robodiff.hal.teleop.gamepad import GamepadTeleop
+from robodiff.hal.teleop.keyboard import ArmKeyboardTeleop, KeyboardTeleop
+from robodiff.hal.teleop.spacemouse import SpaceMouseTeleop
+
+__all__ = ["TELEOPS", "KeyboardTeleop", "ArmKeyboardTeleop", "SpaceMouseTeleop", "GamepadTeleop"]
+
+
+def hardware_extra(name: str) -> Callable[..., Teleop]:
+    def unavailable(*_: Any, **__: Any) -> Teleop:
+        raise UserError(f"teleop={name} comes with the physical arm's driver, which is not available yet; "
+                        f"use teleop=keyboard, spacemouse, gamepad or expert")
+    return unavailable
+
+
+def keyboard(robot: Any, action_key: str) -> Teleop:
+    """The keyboard driving `robot`: an arm's tool through its kinematics, else a planar target
+    inside the limits the robot publishes."""
+    if getattr(robot, "kinematics", None) is not None:
+        return ArmKeyboardTeleop(robot, action_key)
+    limits = robot_limits(robot, action_key)
+    low = np.asarray(limits["low"], np.float32) if limits else None
+    high = np.asarray(limits["high"], np.float32) if limits else None
+    # One key press moves the target 2 % of the workspace: a few presses per block width.
+    step = float(0.02 * np.min(high[:2] - low[:2])) if low is not None and low.size >= 2 else 0.01
+    return KeyboardTeleop(robot.action_features[action_key], step=step, low=low, high=high)
+
+
+TELEOPS: dict[str, Callable[..., Teleop]] = {
+    "keyboard": keyboard,
+    "spacemouse": SpaceMouseTeleop,
+    "gamepad": GamepadTeleop,
+    "leader": hardware_extra("leader"),
+}
