@@ -37,3 +37,31 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert len(state_rngs) == 2 and not (state_rngs[0]["torch"] == state_rngs[1]["torch"]).all()  # per-rank seeds
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [2, 4, 6]  # rank 0 alone logs
+
+
+def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step(tmp_path):
+    import signal
+    import time
+
+    store = lowdim_store(tmp_path / "toy.zarr", n_episodes=6)
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "robodiff.cli", "train", f"dataset={store}", f"run_dir={run_dir}", "training.steps=1000000",
+           "training.batch_size=8", "training.log_every=2", "training.checkpoint_every=1000000",
+           "policy.denoiser.down_dims=[32,64]", "policy.denoiser.diffusion_step_embed_dim=32",
+           "logging.progress=false", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 200
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches torchrun and every rank
+    out, err = proc.communicate(timeout=200)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["interrupted"] is True and summary["ranks_in_sync"] is True, err[-2000:]
+    step = summary["steps"]
+    assert step % 2 == 0  # the ranks agreed at a log step
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(step), "latest"]
+    assert parameter_digest(load_policy(run_dir, ema=False)) == summary["param_digests"][0]
+    assert err.count("interrupted at step") == 1  # rank 0 alone prints the hint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -62,8 +63,9 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (train takes key=value overrides only)")
     summary = train_with(load(overrides))
-    if summary.get("interrupted"):
+    if summary.get("interrupted") and os.environ.get("RANK", "0") == "0":  # one hint under torchrun
         print(f"interrupted at step {summary['steps']}: checkpoint {summary['checkpoint']}; continue with "
               f"`robodiff train run_dir={summary['run_dir']} resume=true`", file=sys.stderr)
+    if summary.get("interrupted"):
         summary["_exit_code"] = 130
     return summary
