@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
 from robodiff.commands.collect import CollectConfig, collect_with
 from robodiff.commands.eval import evaluate_with
@@ -23,6 +23,8 @@ from robodiff.commands.eval import load_config as eval_load_config
 from robodiff.commands.train import train_with
 from robodiff.config import bounded, compose, validate
 from robodiff.data.store import EpisodeStore
+from robodiff.errors import ConfigError
+from robodiff.policy.checkpoint import BEST, CHECKPOINTS
 from robodiff.paths import write_text_atomic
 
 
@@ -44,7 +46,8 @@ def _finish_stage(partial: Path, final: Path, settings: dict[str, Any]) -> None:
 
 def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     final = out / "demos"
-    settings = {"task": cfg.task, "demos": cfg.demos, "seed": cfg.seed}
+    settings = {"task": cfg.task, "demos": cfg.demos, "seed": cfg.seed,
+                "noise": [float(cfg.noise.scale), float(cfg.noise.correlation)]}
     if _stage_done(final, settings):
         log(f"reusing {cfg.demos} demonstrations in {final}")
         return final / "demos.zarr", {"reused": True}
@@ -54,7 +57,8 @@ def collect_demos(cfg: DictConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     log(f"collecting {cfg.demos} expert demonstrations of {cfg.task}")
     summary = collect_with(validate(compose("collect", [
         f"task={cfg.task}", "teleop=expert", f"episodes={cfg.demos}", f"out={partial / 'demos.zarr'}",
-        f"seed={cfg.seed}"]), CollectConfig))
+        f"seed={cfg.seed}", f"noise.scale={cfg.noise.scale}", f"noise.correlation={cfg.noise.correlation}",
+        f"keep_failed={str(bool(cfg.noise.keep_failed)).lower()}"]), CollectConfig))
     if summary.get("interrupted"):
         # collect keeps the episodes it committed; for the quickstart an incomplete set is no result.
         raise KeyboardInterrupt
@@ -72,9 +76,12 @@ def policy_overrides(cfg: DictConfig) -> list[str]:
 
 def train_overrides(cfg: DictConfig, store: Path) -> list[str]:
     """The `robodiff train` overrides of the quickstart: used for the run and in report.md."""
+    select = cfg.select
     return [f"task={cfg.task}", f"dataset={store}", f"policy={cfg.policy}",
             f"training.steps={cfg.train_steps}", f"training.batch_size={cfg.batch_size}",
-            f"training.seed={cfg.seed}", f"device={cfg.device}", *policy_overrides(cfg)]
+            f"training.seed={cfg.seed}", f"device={cfg.device}", *policy_overrides(cfg),
+            f"eval.every_steps={select.every_steps}", f"eval.episodes={select.episodes}",
+            f"eval.seed={select.seed}", f"eval.n_envs={select.n_envs}"]
 
 
 def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
@@ -125,9 +132,13 @@ def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Pa
         f"- training: {result['train_steps']} steps in {result['train_seconds']:.0f} s",
         f"- total time: {result['total_seconds']:.0f} s",
         "",
-        "## Loss curve",
+        "## Training: loss, and success of the rollouts during training",
         "",
         f"![loss]({rel(run_dir / 'loss.png')})",
+        "",
+        (f"The checkpoint evaluated is step {result['best_step']}, whose rollouts during training (seeds "
+         f"{cfg.select.seed}+, apart from the evaluation's) succeeded most." if result.get("best_step")
+         else "The checkpoint evaluated is the last one."),
         "",
         "## Success by episode",
         "",
@@ -141,9 +152,10 @@ def write_report(out: Path, cfg: DictConfig, result: dict[str, Any], run_dir: Pa
         "",
         "```",
         f"robodiff collect task={cfg.task} teleop=expert episodes={cfg.demos} seed={cfg.seed} "
-        f"out={out / 'demos' / 'demos.zarr'}",
+        f"noise.scale={cfg.noise.scale} noise.correlation={cfg.noise.correlation} "
+        f"keep_failed={str(bool(cfg.noise.keep_failed)).lower()} out={out / 'demos' / 'demos.zarr'}",
         "robodiff train " + " ".join(train_overrides(cfg, out / "demos" / "demos.zarr")),
-        f"robodiff eval task={cfg.task} checkpoint={run_dir} episodes={cfg.eval.episodes} "
+        f"robodiff eval task={cfg.task} checkpoint={result['checkpoint']} episodes={cfg.eval.episodes} "
         f"seed={cfg.eval.seed} device={cfg.device}",
         "```",
         "",
@@ -165,7 +177,10 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     training = train_policy(cfg, out, store)
     train_seconds = float(training.get("train_seconds", time.monotonic() - t_train))
     run_dir = Path(training["run_dir"])
-    evaluation = evaluate_policy(cfg, out, run_dir)
+    # The checkpoint whose rollouts during training succeeded most (on seeds apart from these).
+    best = run_dir / CHECKPOINTS / BEST
+    checkpoint = best if best.is_dir() else run_dir
+    evaluation = evaluate_policy(cfg, out, checkpoint)
     result = {
         "success_rate": evaluation["success_rate"],
         "mean_score": evaluation["mean_score"],
@@ -177,6 +192,8 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
         "eval_episodes": evaluation["episodes"],
         "total_seconds": time.monotonic() - t0,
         "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "best_step": training.get("best_step"),
         "out": str(out),
     }
     result["report"] = str(write_report(out, cfg, result, run_dir, evaluation))
@@ -190,6 +207,21 @@ class EvalSettings:
     seed: int = bounded(100000, ge=0)
     n_envs: int = bounded(2, ge=1)
     n_videos: int = bounded(4, ge=0)
+
+
+@dataclass
+class NoiseSettings:
+    scale: float = bounded(ge=0, le=1)
+    correlation: float = bounded(ge=0, lt=1)
+    keep_failed: bool = MISSING
+
+
+@dataclass
+class SelectSettings:
+    every_steps: int = bounded(ge=0)
+    episodes: int = bounded(ge=1)
+    seed: int = bounded(ge=0)
+    n_envs: int = bounded(ge=1)
 
 
 @dataclass
@@ -211,9 +243,19 @@ class QuickstartConfig:
     n_obs_steps: int = bounded(1, ge=1)
     n_action_steps: int = bounded(4, ge=1)
     device: str = "cpu"
+    noise: NoiseSettings = field(default_factory=NoiseSettings)
+    select: SelectSettings = field(default_factory=SelectSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 
 def quickstart_config(overrides: list[str]) -> DictConfig:
     """Composed and type-checked before any stage runs, so a bad value costs nothing."""
-    return validate(compose("quickstart", overrides), QuickstartConfig)
+    cfg = validate(compose("quickstart", overrides), QuickstartConfig)
+    if cfg.select.every_steps > 0:
+        chosen = range(cfg.select.seed, cfg.select.seed + cfg.select.episodes)
+        final = range(cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes)
+        if chosen.start < final.stop and final.start < chosen.stop:
+            raise ConfigError(f"select.seed={cfg.select.seed} with {cfg.select.episodes} episodes overlaps the "
+                              f"evaluation's seeds {final.start}..{final.stop - 1}: the checkpoint would be "
+                              f"chosen on the episodes it is then scored on")
+    return cfg

@@ -170,3 +170,37 @@ def test_ctrl_c_leaves_a_valid_store(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     report = validate_store(out)
     assert report["valid"] and report["episodes"] >= 2, report
+
+
+def test_noise_injection_keeps_the_intended_action_as_the_label(tmp_path, capsys):
+    out = tmp_path / "dart.zarr"
+    code = main(["collect", "task=push_block", "episodes=2", f"out={out}", "noise.scale=0.02",
+                 "noise.correlation=0.5", "keep_failed=true", "--json"])
+    assert code == 0
+    with EpisodeStore.open(out) as store:
+        assert store.attrs["action_label"] == "expert_action"
+        assert store.features["expert_action"] == store.features["action"]
+        sent, intended = store.read_slice("action", 0, store.n_frames), store.read_slice("expert_action", 0, store.n_frames)
+    gap = np.abs(sent - intended)
+    # ~10 px std (2 % of the 512 px table): the robot was pushed off what the expert commanded ...
+    assert 3.0 < gap.mean() < 20.0
+    # ... and the expert's own commands stayed smooth: it corrected, it did not copy the noise.
+    assert np.abs(np.diff(intended, axis=0)).mean() < np.abs(np.diff(sent, axis=0)).mean()
+    # Appending without noise would mix labels: refused in one line.
+    capsys.readouterr()
+    assert main(["collect", "task=push_block", "episodes=1", f"out={out}"]) == 2
+    assert "feature 'expert_action'" in capsys.readouterr().err
+
+
+def test_training_learns_the_label_of_a_perturbed_store(tmp_path, capsys):
+    out = tmp_path / "dart.zarr"
+    assert main(["collect", "task=push_block", "episodes=2", f"out={out}", "noise.scale=0.02", "keep_failed=true"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "task=push_block", f"dataset={out}", f"run_dir={run}", "training.steps=2",
+                 "training.batch_size=4", "policy.encoder.backbone=small_cnn", "policy.encoder.crop_shape=null",
+                 "policy.denoiser.down_dims=[16,32]", "logging.progress=false"]) == 0
+    meta = json.loads((run / "checkpoints" / "latest" / "policy.json").read_text())
+    assert meta["action_label"] == "expert_action" and "expert_action" not in meta["features"]
+    with EpisodeStore.open(out) as store:
+        label = store.read_slice("expert_action", 0, store.n_frames)
+    assert np.allclose(meta["stats"]["action"]["max"], label.max(0), rtol=1e-5)

@@ -19,7 +19,7 @@ from robodiff.config import bounded, compose, require, validate
 from robodiff.control.clock import Clock, SimulatedClock
 from robodiff.control.loop import EpisodeLoop
 from robodiff.control.safety import SafeRobot, SafetyConfig, SafetyFilter, resolve_limits
-from robodiff.control.sources import TeleopSource
+from robodiff.control.sources import PerturbedSource, TeleopSource
 from robodiff.data.integrity import open_for_append
 from robodiff.data.store import EpisodeRecorder, EpisodeStore
 from robodiff.errors import UserError
@@ -45,6 +45,16 @@ Keys: robodiff/conf/collect.yaml.
 """
 
 
+# The intended action of a perturbed demonstration, stored beside the action really sent.
+LABEL = "expert_action"
+
+
+@dataclass
+class NoiseConfig:
+    scale: float = bounded(ge=0, le=1)
+    correlation: float = bounded(ge=0, lt=1)
+
+
 @dataclass
 class CollectConfig:
     task: Optional[str] = MISSING
@@ -56,13 +66,20 @@ class CollectConfig:
     keep_failed: Optional[bool] = MISSING
     max_attempts: Optional[int] = bounded(ge=1)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
 
 
 def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, keep_failed: bool,
-            max_attempts: int, safety: Any) -> dict[str, Any]:
+            max_attempts: int, safety: Any, noise_scale: float = 0.0, noise_correlation: float = 0.0) -> dict[str, Any]:
     """Record `episodes` kept episodes with `teleop`; attempt i is reset with seed + i, and a failed
-    attempt is dropped unless `keep_failed`."""
+    attempt is dropped unless `keep_failed`. With `noise_scale` > 0 the commands are perturbed
+    (`PerturbedSource`, std = noise_scale x each action dimension's range) and the store also keeps
+    the intended action as `expert_action`, its training label."""
     features = dict(task.features)
+    label_attrs = {}
+    if noise_scale > 0:
+        features[LABEL] = features[task.action_key]
+        label_attrs = {"action_label": LABEL}
     robot = task_robot(task, render=True)
     if not isinstance(robot, TaskRobot):
         raise UserError(f"task '{task.name}' is a {task.kind} task: collect records MuJoCo tasks")
@@ -74,15 +91,26 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
         # Connect the device before touching the store: a missing terminal or device leaves no
         # empty store behind.
         with make_teleop(teleop, robot) as device:
-            store = open_for_append(out, features, fps=float(task.fps), task=task.name, robot=task.robot)
+            store = open_for_append(out, features, fps=float(task.fps), task=task.name, robot=task.robot,
+                                    extra_attrs=label_attrs)
             recorder = EpisodeRecorder(store)
             # A person needs the task's control rate; a script runs as fast as the sim goes.
             human = device.human
             clock: Any = Clock(1.0 / task.fps) if human else SimulatedClock(1.0 / task.fps)
-            filt = SafetyFilter(resolve_limits(robot, safety), dtype=robot.action_features["action"].dtype)
+            limits = resolve_limits(robot, safety)
+            filt = SafetyFilter(limits, dtype=robot.action_features["action"].dtype)
             loop = EpisodeLoop(SafeRobot(robot, filt, None, None), clock, desc=f"collect {task.name}")
             outcome = TaskOutcome(robot, task.max_steps, task.fps)
-            source = TeleopSource(device, "action")
+            source: Any = TeleopSource(device, "action")
+            if noise_scale > 0:
+                source = PerturbedSource(source, noise_scale * (limits.high - limits.low), noise_correlation)
+
+            def keep(row: dict[str, Any]) -> None:
+                step = {k: row[k] for k in task.features}
+                if noise_scale > 0:
+                    step[LABEL] = source.intended
+                recorder.add(step)
+
             if device.help:
                 print(device.help, file=sys.stderr)
             bar = progress_bar(total=episodes, desc=f"collect {task.name} ({teleop})", unit="ep")
@@ -90,8 +118,9 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
                 while kept < episodes and attempts < max_attempts:
                     outcome.reset(seed + attempts)
                     device.reset(seed + attempts)
-                    stats = loop.run(source, outcome=outcome,
-                                     keep=lambda row: recorder.add({k: row[k] for k in features}))
+                    if noise_scale > 0:
+                        source.reset(seed + attempts)
+                    stats = loop.run(source, outcome=outcome, keep=keep)
                     ending = stats["event"] or "done"
                     attempts += 1
                     successes += outcome.success
@@ -138,7 +167,8 @@ def collect_with(cfg: Any) -> dict[str, Any]:
                         f"recording on other robots comes with `robodiff deploy record=...`")
     keep_failed = (cfg.teleop != "expert") if cfg.keep_failed is None else bool(cfg.keep_failed)
     max_attempts = int(cfg.max_attempts or (2 * cfg.episodes + 10))
-    return collect(task, cfg.teleop, cfg.episodes, out, cfg.seed, keep_failed, max_attempts, cfg.safety)
+    return collect(task, cfg.teleop, cfg.episodes, out, cfg.seed, keep_failed, max_attempts, cfg.safety,
+                   noise_scale=float(cfg.noise.scale), noise_correlation=float(cfg.noise.correlation))
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:

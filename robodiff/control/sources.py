@@ -47,3 +47,39 @@ class TeleopSource(ActionSource):
 
     def event(self) -> str | None:
         return self.teleop.pop_event()
+
+
+class PerturbedSource(ActionSource):
+    """Noise injection as in DART: the action sent is the wrapped source's plus temporally
+    correlated Gaussian noise (an AR(1) process, so the robot drifts off the demonstrated path
+    for a while instead of jittering), while the source, a closed-loop expert or a person, keeps
+    acting from where the robot really is. `intended` is the source's own action of the tick:
+    the label a policy learns, so it learns the correction, not the noise.
+
+    `std` is the stationary standard deviation per action dimension, in robot units."""
+
+    def __init__(self, inner: ActionSource, std: np.ndarray, correlation: float):
+        self.inner = inner
+        self.name = inner.name
+        self.std = np.asarray(std, dtype=np.float64)
+        self.correlation = float(correlation)
+        self.rng = np.random.default_rng()
+        self.noise = np.zeros_like(self.std)
+        self.intended: np.ndarray | None = None
+
+    def reset(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.noise = np.zeros_like(self.std)
+        self.intended = None
+
+    def act(self, now: float, obs: dict[str, Any], t_obs: float) -> np.ndarray | None:
+        action = self.inner.act(now, obs, t_obs)
+        if action is None:  # holding: the label stays the last intended action
+            return None
+        self.intended = np.array(action, copy=True)
+        fresh = self.rng.standard_normal(self.std.shape) * self.std
+        self.noise = self.correlation * self.noise + np.sqrt(1.0 - self.correlation ** 2) * fresh
+        return (np.asarray(action, dtype=np.float64) + self.noise).astype(np.asarray(action).dtype)
+
+    def event(self) -> str | None:
+        return self.inner.event()

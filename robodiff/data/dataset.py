@@ -30,22 +30,26 @@ class WindowDataset(Dataset):
     def __init__(self, store_path: str | os.PathLike, obs_keys: Sequence[str], action_key: str = "action",
                  horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8,
                  episodes: Sequence[int] | None = None, cache: str = "none",
-                 crop: tuple[int, int] | None = None):
+                 crop: tuple[int, int] | None = None, action_array: str | None = None):
+        """`action_array`: the store array the action is read from (default `action_key`), e.g. a
+        perturbed demonstration's `expert_action` label."""
         if cache not in CACHES:
             raise UserError(f"cache '{cache}' is not one of {', '.join(CACHES)}")
         self.store_path = Path(store_path)
         self.obs_keys = list(obs_keys)
         self.action_key = action_key
+        # item key -> the store array holding it
+        self.arrays = {**{k: k for k in self.obs_keys}, action_key: action_array or action_key}
         self.horizon = horizon
         self.n_obs_steps = n_obs_steps
         self.n_action_steps = n_action_steps
         self.cache = cache
         self.crop = tuple(crop) if crop is not None else None
         with EpisodeStore.open(self.store_path) as store:
-            for key in [*self.obs_keys, action_key]:
-                if key not in store.features:
-                    raise UserError(f"{self.store_path}: no key '{key}' (store has {', '.join(store.keys)})")
-            self.features = {k: store.features[k] for k in [*self.obs_keys, action_key]}
+            for array in self.arrays.values():
+                if array not in store.features:
+                    raise UserError(f"{self.store_path}: no key '{array}' (store has {', '.join(store.keys)})")
+            self.features = {k: store.features[a] for k, a in self.arrays.items()}
             self.fps = store.fps
             self.episode_ends = np.asarray(store.episode_ends)
             self.index = WindowIndex(self.episode_ends, horizon, n_obs_steps, n_action_steps, episodes)
@@ -75,7 +79,7 @@ class WindowDataset(Dataset):
                 raise UserError(f"crop {list(self.crop)} is larger than image '{key}' ({h}x{w})")
 
     def _load(self, store: EpisodeStore, key: str, n: int) -> np.ndarray:
-        arr = store.read_slice(key, 0, n)
+        arr = store.read_slice(self.arrays[key], 0, n)
         return arr if self.features[key].kind == "image" else arr.astype(np.float32, copy=False)
 
     def _open(self) -> EpisodeStore:
@@ -97,7 +101,7 @@ class WindowDataset(Dataset):
         lo, hi, take = self.index.span(i, length)
         if key in self._ram:
             return self._ram[key][take + lo]
-        return self._open().read_slice(key, lo, hi)[take]
+        return self._open().read_slice(self.arrays[key], lo, hi)[take]
 
     def _random_crop(self, frames: np.ndarray) -> np.ndarray:
         assert self.crop is not None

@@ -252,15 +252,19 @@ def validate_store(path: str | os.PathLike, repair: bool = False) -> dict:
 
 
 def open_for_append(path: str | os.PathLike, features: Features, fps: float | None, task: str | None,
-                    robot: str | None) -> EpisodeStore:
+                    robot: str | None, extra_attrs: dict | None = None) -> EpisodeStore:
     """A new store, or an existing one whose features are exactly `features` (a recording
     interrupted earlier leaves a tail, which is dropped; a store with any other damage is refused
     before anything is written to it: new frames would land beside broken ones)."""
     path = Path(path)
     if not path.exists():
-        return EpisodeStore.create(path, features, fps=fps, task=task, robot=robot)
+        return EpisodeStore.create(path, features, fps=fps, task=task, robot=robot, extra_attrs=extra_attrs)
     store = EpisodeStore.open(path, mode="r+")
     try:
+        for key, value in (extra_attrs or {}).items():
+            if store.attrs.get(key) != value:
+                raise StoreError(f"{path}: attribute '{key}' is {store.attrs.get(key)!r} in the store but "
+                                 f"{value!r} here (record into a new store)")
         theirs, ours = features_to_dict(store.features), features_to_dict(features)
         for key in sorted(set(theirs) | set(ours)):
             if theirs.get(key) != ours.get(key):

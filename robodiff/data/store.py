@@ -197,6 +197,7 @@ class EpisodeStore:
         self.missing_reported: set[str] = set()
         try:
             meta = _attrs_of(root, path)
+            self.attrs: dict[str, Any] = meta
             self.fps: float | None = meta.get("fps")
             self.task: str | None = meta.get("task")
             self.robot: str | None = meta.get("robot")
@@ -559,6 +560,7 @@ class EpisodeStore:
         meta = _attrs_of(self.root, self.path)
         meta.update(attrs)
         self.root.attrs["robodiff"] = meta
+        self.attrs = meta
         self.fps = meta.get("fps")
         self.task = meta.get("task")
         self.robot = meta.get("robot")

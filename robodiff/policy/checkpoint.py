@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from robodiff.errors import ConfigError, UserError
 from robodiff.features import features_from_dict
+from robodiff.paths import write_text_atomic
 from robodiff.policy.base import ChunkSpec
 from robodiff.policy.diffusion import inference_scheduler_name
 from robodiff.policy.factory import build_policy, samples_with_ddim
@@ -33,6 +34,7 @@ WEIGHTS = "model.safetensors"
 META = "policy.json"
 TRAIN_STATE = "train_state.pt"
 LATEST = "latest"
+BEST = "best"
 CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 
@@ -96,18 +98,27 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model_state: dict[str
     _fsync_dir(tmp)
     step_dir = root / str(step)
     _replace_dir(tmp, step_dir)
-
-    # Hard links make `latest` cost no extra disk and survive deletion of the step dir.
-    tmp_latest = root / f".tmp-{LATEST}-{os.getpid()}"
-    tmp_latest.mkdir()
-    for name in (WEIGHTS, META, TRAIN_STATE):
-        try:
-            os.link(step_dir / name, tmp_latest / name)
-        except OSError:
-            shutil.copy2(step_dir / name, tmp_latest / name)
-    _fsync_dir(tmp_latest)
-    _replace_dir(tmp_latest, root / LATEST)
+    link_checkpoint(step_dir, LATEST)
     return step_dir
+
+
+def link_checkpoint(step_dir: Path, name: str, note: dict[str, Any] | None = None) -> Path:
+    """Point `checkpoints/<name>/` (`latest`, `best`) at the step dir, replacing it atomically;
+    `note` is written beside it as `<name>.json` (why this step). Hard links make the alias cost
+    no extra disk and survive deletion of the step dir."""
+    root = step_dir.parent
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    tmp.mkdir()
+    for file in (WEIGHTS, META, TRAIN_STATE):
+        try:
+            os.link(step_dir / file, tmp / file)
+        except OSError:
+            shutil.copy2(step_dir / file, tmp / file)
+    _fsync_dir(tmp)
+    _replace_dir(tmp, root / name)
+    if note is not None:
+        write_text_atomic(root / f"{name}.json", json.dumps(note, indent=1))
+    return root / name
 
 
 # ------------------------------------------------------------------ locating

@@ -41,7 +41,7 @@ class TrainingConfig:
 class EvalConfig:
     every_steps: int = bounded(0, ge=0)
     episodes: int = bounded(10, ge=1)
-    seed: int = bounded(100000, ge=0)
+    seed: int = bounded(200000, ge=0)
     n_envs: int = bounded(1, ge=1)
 
 

@@ -78,10 +78,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def plot_loss(run_dir: str | os.PathLike) -> Path | None:
-    """Training loss (and validation loss when logged) against step, as a PNG in the run dir."""
+    """Training loss (and validation loss when logged) against step, as a PNG in the run dir;
+    beside it, when training ran rollouts (eval.every_steps), their success rate and mean score."""
     records = read_metrics(run_dir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    rollouts = [(r["step"], r["eval.success_rate"], r.get("eval.mean_score")) for r in records
+                if "eval.success_rate" in r]
     if not train and not val:
         return None
     import matplotlib
@@ -89,7 +92,8 @@ def plot_loss(run_dir: str | os.PathLike) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, axes = plt.subplots(1, 2 if rollouts else 1, figsize=(11 if rollouts else 6, 4), dpi=100, squeeze=False)
+    ax = axes[0][0]
     for series, label in ((train, "train"), (val, "validation")):
         if series:
             steps, losses = zip(*series)
@@ -100,6 +104,17 @@ def plot_loss(run_dir: str | os.PathLike) -> Path | None:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
+    if rollouts:
+        ax = axes[0][1]
+        steps, success, score = zip(*rollouts)
+        ax.plot(steps, success, marker="o", label="success rate")
+        if all(v is not None for v in score):
+            ax.plot(steps, score, marker=".", linestyle="--", label="mean score")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("step")
+        ax.set_title("rollouts during training (EMA policy)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     out = Path(run_dir) / LOSS_PLOT
     with replaced(out) as tmp:

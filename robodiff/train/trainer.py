@@ -162,17 +162,21 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
     with EpisodeStore.open(store_path) as store:
         obs_keys = choose_obs_keys(store.features, store_path, task_name, task_keys, policy_cfg.get("obs_keys"))
         action_key = policy_cfg.get("action_key") or "action"
-        if action_key not in store.features:
-            raise UserError(f"dataset {store_path} has no action feature '{action_key}' "
+        # A perturbed demonstration (collect noise.scale > 0) says which array is the label: the
+        # intended action, not the perturbed one that was sent.
+        action_array = store.attrs.get("action_label") or action_key
+        if action_array not in store.features:
+            raise UserError(f"dataset {store_path} has no action feature '{action_array}' "
                             f"(it has {', '.join(store.features)})")
-        features = {k: store.features[k] for k in [*obs_keys, action_key]}
+        features = {**{k: store.features[k] for k in obs_keys}, action_key: store.features[action_array]}
         if resume_from is not None:
             _require_same_features(features, ckpt_io.read_policy_meta(resume_from)["features"], store_path)
         image_keys = [k for k in obs_keys if features[k].kind == "image"]
-        numeric = [k for k, f in features.items() if f.kind != "image"]
+        arrays = {**{k: k for k in obs_keys}, action_key: action_array}
+        numeric = [arrays[k] for k, f in features.items() if f.kind != "image"]
         # The arrays trained on, before any step: low-dim values are read whole (they are held
         # in RAM), images are checked for presence here and decode when they are read.
-        require_valid(store, list(features), numeric)
+        require_valid(store, list(arrays.values()), numeric)
         if store.n_episodes == 0:
             raise UserError(f"dataset {store_path} has no committed episodes")
         task_name = task_name or store.task or Path(store_path).name.split(".")[0]
@@ -181,6 +185,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
         dist_util.barrier(info)
         if not info.is_main:
             stats = cached_stats(store, numeric)
+        stats = {k: stats[a] for k, a in arrays.items() if a in stats}
         n_episodes = store.n_episodes
         fits_ram = _image_bytes(store, image_keys) < t.cache_max_gb * 2**30
         meta_extra = {"fps": store.fps, "robot": store.robot}
@@ -194,7 +199,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
 
     train_eps, val_eps = split_episodes(n_episodes, float(t.val_ratio), int(t.seed))
     cache = t.cache if t.cache != "auto" else ("memory" if fits_ram else "none")
-    window_args = dict(obs_keys=obs_keys, action_key=action_key, horizon=policy.horizon,
+    window_args = dict(obs_keys=obs_keys, action_key=action_key, action_array=action_array, horizon=policy.horizon,
                        n_obs_steps=policy.n_obs_steps, n_action_steps=policy.n_action_steps)
     train_ds = WindowDataset(store_path, episodes=train_eps, cache=cache, **window_args)
     val_ds = train_ds.subset(val_eps) if val_eps else None
@@ -220,7 +225,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
     if run_dir is None:
         run_dir = Path(dist_util.broadcast_object(info, str(default_run_dir(task_name))))
     meta = {"policy": policy.policy_cfg, "features": features_to_dict(features), "task": task_name,
-            "stats": stats, "dataset": str(store_path), **meta_extra}
+            "stats": stats, "dataset": str(store_path), "action_label": action_array, **meta_extra}
     return Run(cfg=cfg, info=info, run_dir=run_dir, task_arg=task, task_name=task_name, rollout=rollout, store_path=store_path, policy=policy,
                features=features, stats=stats, train_ds=train_ds, val_ds=val_ds, batch_size=batch_size,
                num_workers=num_workers, amp=amp, resume_from=resume_from, meta=meta)
@@ -281,6 +286,25 @@ def rollout_eval(run: Run, policy: nn.Module, step: int) -> dict[str, float]:
     policy.eval()
     return {f"eval.{k}": float(v) for k, v in result.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _improves(result: dict[str, float], best: dict[str, Any] | None) -> bool:
+    """Rollouts that succeed more often (ties: a higher mean score) than the best so far.
+    Validation loss misleads for diffusion policies; success is what a user wants."""
+    if "eval.success_rate" not in result:
+        return False
+    if best is None:
+        return True
+    ours = (result["eval.success_rate"], result.get("eval.mean_score", 0.0))
+    return ours > (best["success_rate"], best.get("mean_score") or 0.0)
+
+
+def _recorded_best(run_dir: Path) -> dict[str, Any] | None:
+    note = run_dir / ckpt_io.CHECKPOINTS / f"{ckpt_io.BEST}.json"
+    try:
+        return json.loads(note.read_text()) if note.is_file() else None
+    except ValueError:
+        return None  # a damaged note: the next rollouts start the comparison afresh
 
 
 def _train_state(step: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None,
@@ -441,6 +465,8 @@ def _loop(run: Run) -> dict[str, Any]:
     started = time.perf_counter()
     first_step = step
     interrupted = False
+    # The checkpoint whose rollouts (eval.every_steps) succeeded most, kept as checkpoints/best.
+    best = _recorded_best(run.run_dir) if run.resume_from is not None else None
 
     def require_finite() -> None:
         """Before a save (and at every log line): no rank saw a non-finite loss since the last
@@ -503,14 +529,24 @@ def _loop(run: Run) -> dict[str, Any]:
                 val_loss = validation_loss(run, ema.averaged_model if ema is not None else policy)
                 if val_loss is not None:
                     logger.log(step, {"val_loss": val_loss})
+            improved = False
             if not stopping and int(cfg.eval.every_steps) > 0 and step % int(cfg.eval.every_steps) == 0:
+                result = {}
                 if info.is_main:
-                    logger.log(step, rollout_eval(run, ema.averaged_model if ema is not None else policy, step))
-                dist_util.barrier(info)
-            if stopping or step % int(t.checkpoint_every) == 0 or step == total_steps:
+                    result = rollout_eval(run, ema.averaged_model if ema is not None else policy, step)
+                    logger.log(step, result)
+                # Rank 0 judged the rollouts; every rank takes part in saving that step.
+                improved = bool(dist_util.broadcast_object(info, info.is_main and _improves(result, best)))
+                if improved and info.is_main:
+                    best = {"step": step, "success_rate": result["eval.success_rate"],
+                            "mean_score": result.get("eval.mean_score")}
+            if saved_at != step and (improved or stopping or step % int(t.checkpoint_every) == 0
+                                     or step == total_steps):
                 require_finite()
                 save(run, step, optimizer, scheduler, ema, epoch, batch_in_epoch)
                 saved_at = step
+            if improved and info.is_main:
+                ckpt_io.link_checkpoint(run.run_dir / ckpt_io.CHECKPOINTS / str(step), ckpt_io.BEST, best)
             if step > timed_from_step:
                 # samples_per_s is optimizer-step throughput: validation, rollouts and saving excluded.
                 paused += time.perf_counter() - pause_from
@@ -534,6 +570,9 @@ def _loop(run: Run) -> dict[str, Any]:
         "checkpoint": str(run.run_dir / ckpt_io.CHECKPOINTS / ckpt_io.LATEST) if saved_at >= 0 else None,
         "resumed_from": str(run.resume_from) if run.resume_from is not None else None,
         "interrupted": interrupted,
+        "best_checkpoint": str(run.run_dir / ckpt_io.CHECKPOINTS / ckpt_io.BEST) if best else None,
+        "best_step": best["step"] if best else None,
+        "best_success_rate": best["success_rate"] if best else None,
         "param_digests": digests, "ranks_in_sync": len(set(digests)) == 1,
     }
     if info.is_main:
