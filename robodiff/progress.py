@@ -5,12 +5,17 @@ and a command that fails at once would print a bar before its one-line error).""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 LOG_INTERVAL_S = 30.0
+
+
+# Cursor movements tqdm writes for nested bars (a rollout's bar inside training's).
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class _Lines:
@@ -20,7 +25,7 @@ class _Lines:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        line = text.replace("\r", "").strip()
+        line = _ESCAPES.sub("", text).replace("\r", "").strip()
         if line:
             self.stream.write(line + "\n")
         return len(text)

@@ -89,12 +89,15 @@ def test_progress_in_a_log_is_whole_lines_not_redraws(monkeypatch):
     log = io.StringIO()
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
     with progress.progress_bar(total=500, desc="train", file=log) as bar:
-        for _ in range(500):
+        for i in range(500):
+            if i == 250:  # a rollout's bar inside training's: tqdm moves the cursor for it
+                with progress.progress_bar(total=2, desc="eval", file=log, leave=False) as inner:
+                    inner.update(2)
             bar.update(1)
     text = log.getvalue()
-    assert "\r" not in text and text.endswith("\n")
+    assert "\r" not in text and "\x1b" not in text and text.endswith("\n")
     lines = text.splitlines()
-    assert lines[-1].startswith("train: 100%") and all(line.startswith("train:") for line in lines)
+    assert lines[-1].startswith("train: 100%") and all(line.startswith(("train:", "eval:")) for line in lines)
     monkeypatch.undo()
     quiet = io.StringIO()  # shorter than the interval: nothing but the command's own summary
     with progress.progress_bar(total=5, desc="eval", file=quiet) as bar:
