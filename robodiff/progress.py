@@ -34,6 +34,17 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """A bar in a log: a new postfix or description waits for the next line instead of writing
+    one at once (tqdm redraws on every `set_postfix` by default)."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        super().set_description(desc, refresh=False)
+
+
 def _is_terminal(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     try:
@@ -51,4 +62,4 @@ def progress_bar(iterable: Any = None, file: TextIO | None = None, **kwargs: Any
         return tqdm(iterable, file=stream, **kwargs)
     kwargs.pop("dynamic_ncols", None)
     kwargs.update(mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, delay=LOG_INTERVAL_S, ncols=100)
-    return tqdm(iterable, file=_Lines(stream), **kwargs)
+    return _LogBar(iterable, file=_Lines(stream), **kwargs)

@@ -101,5 +101,7 @@ def test_progress_in_a_log_is_whole_lines_not_redraws(monkeypatch):
     monkeypatch.undo()
     quiet = io.StringIO()  # shorter than the interval: nothing but the command's own summary
     with progress.progress_bar(total=5, desc="eval", file=quiet) as bar:
-        bar.update(5)
+        for i in range(5):
+            bar.update(1)
+            bar.set_postfix(success=i)  # tqdm would redraw at once for this
     assert quiet.getvalue() == ""
