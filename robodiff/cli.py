@@ -9,13 +9,12 @@ to stderr. User errors print one line on stderr and exit 2 (with `--json`, `{"er
 from __future__ import annotations
 
 import importlib
-import json
-import math
 import os
+import signal
 import sys
 from typing import Any
 
-from robodiff import __version__
+from robodiff import __version__, jsonio
 from robodiff.errors import UserError
 
 COMMANDS: dict[str, str] = {
@@ -65,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"robodiff: unknown command '{command}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        message = f"unknown command '{command}' (commands: {', '.join(COMMANDS)})"
+        print(f"robodiff: {message}", file=sys.stderr)
+        if "--json" in rest:
+            _print_json({"error": message, "exit_code": 2})
         return 2
     module = importlib.import_module(f"robodiff.commands.{command}")
     positional, overrides, flags = split_args(rest)
@@ -84,9 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # An output path the user chose cannot be written (missing parent, read-only, full disk).
         where = f"{exc.filename}: " if exc.filename else ""
-        return _fail(command, f"{where}{exc.strerror or exc}", json_mode)
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename and os.path.isfile(exc.filename):
+            reason = "a file is in the way (a folder is needed there)"
+        return _fail(command, f"{where}{reason}", json_mode)
     except KeyboardInterrupt:
         print(f"robodiff {command}: interrupted", file=sys.stderr)
+        if json_mode:
+            _print_json({"error": "interrupted", "exit_code": 130})
         return 130
     result = dict(result or {})
     code = int(result.pop("_exit_code", 0))
@@ -108,31 +115,22 @@ def _fail(command: str, message: str, json_mode: bool) -> int:
 
 def _print_json(result: dict[str, Any]) -> None:
     sys.stdout.flush()
-    print(json.dumps(_strict(result), default=_json_default, allow_nan=False), flush=True)
+    print(jsonio.dumps(result), flush=True)
 
 
-def _strict(obj: Any) -> Any:
-    """JSON has no NaN or Infinity: a figure that is not finite is unknown, `null`."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return _strict(obj.tolist())
-    return obj
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a command as Ctrl-C does, unless it handles it itself
 
 
 def entry() -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return main()
+    except KeyboardInterrupt:  # before a command started (imports take seconds on a busy machine)
+        print("robodiff: interrupted", file=sys.stderr)
+        if "--json" in sys.argv[1:]:
+            _print_json({"error": "interrupted", "exit_code": 130})
+        return 130
     except BrokenPipeError:
         # `robodiff ... | head` closed the pipe: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -35,7 +35,10 @@ def _override_key(message: str) -> str | None:
 
 
 def compose(command: str, overrides: list[str]) -> DictConfig:
-    """Compose `conf/<command>.yaml` with Hydra-style `key=value` overrides."""
+    """Compose `conf/<command>.yaml` with Hydra-style `key=value` overrides. `key=` with nothing
+    after it unsets the key (null), as a user writing it means, rather than Hydra's empty string
+    (which a path would turn into the current directory)."""
+    overrides = [f"{item}null" if item.endswith("=") and item.count("=") == 1 else item for item in overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -53,7 +56,9 @@ def compose(command: str, overrides: list[str]) -> DictConfig:
                               f"(one of {', '.join(options)})") from None
         if "Could not find" in text or "Could not load" in text:
             raise ConfigError(first) from None
-        raise ConfigError(f"bad override ({first})") from None
+        hint = ("; quote a value with special characters, e.g. 'out=\"run (1).zarr\"'"
+                if "mismatched input" in text or "LexerNoViableAlt" in text or "token recognition" in text else "")
+        raise ConfigError(f"bad override ({first}){hint}") from None
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, True)
@@ -122,6 +127,19 @@ def validate(cfg: DictConfig, schema: type, where: str = "") -> DictConfig:
     OmegaConf.set_struct(merged, True)
     check_bounds(merged, schema, f"{where}." if where else "")
     return merged
+
+
+def split_policy_override(overrides: list[str]) -> tuple[list[str], str | None]:
+    """`policy=` as a plain key (eval's expert|random, quickstart's policy name): conf/policy/
+    would make Hydra read it as a config group. Returns the other overrides and its value."""
+    rest, policy = [], None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "policy":
+            policy = value or None
+        else:
+            rest.append(item)
+    return rest, policy
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -40,8 +40,10 @@ def replaced(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # the path the user named, not our temporary one
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     finally:
-        if tmp.exists():
+        if tmp.exists() and tmp.is_file():
             tmp.unlink()
 
 

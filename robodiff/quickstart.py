@@ -21,11 +21,13 @@ from robodiff.commands.collect import CollectConfig, collect_with
 from robodiff.commands.eval import evaluate_with
 from robodiff.commands.eval import load_config as eval_load_config
 from robodiff.commands.train import train_with
-from robodiff.config import bounded, compose, validate
+from robodiff.config import bounded, compose, split_policy_override, validate
 from robodiff.data.store import EpisodeStore
 from robodiff.errors import ConfigError
 from robodiff.policy.checkpoint import BEST, CHECKPOINTS
+from robodiff.policy.schema import SCHEMAS as POLICY_SCHEMAS
 from robodiff.paths import write_text_atomic
+from robodiff import jsonio
 
 
 def log(msg: str) -> None:
@@ -87,7 +89,8 @@ def train_overrides(cfg: DictConfig, store: Path) -> list[str]:
 def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
     final = out / "run"
     overrides = train_overrides(cfg, store)
-    settings = {"overrides": overrides}
+    with EpisodeStore.open(store) as demos:  # other demonstrations at the same path need a new policy
+        settings = {"overrides": overrides, "demos": [demos.id, demos.n_frames]}
     if _stage_done(final, settings):
         log(f"reusing the trained policy in {final}")
         summary = json.loads((final / "quickstart_train.json").read_text())
@@ -100,7 +103,7 @@ def train_policy(cfg: DictConfig, out: Path, store: Path) -> dict[str, Any]:
     if summary.get("interrupted"):
         # train saved where it stopped; for the quickstart an unfinished run is no result.
         raise KeyboardInterrupt
-    (partial / "quickstart_train.json").write_text(json.dumps(summary, default=str))
+    (partial / "quickstart_train.json").write_text(jsonio.dumps(summary))
     _finish_stage(partial, final, settings)
     return {**summary, "run_dir": str(final)}
 
@@ -197,7 +200,7 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
         "out": str(out),
     }
     result["report"] = str(write_report(out, cfg, result, run_dir, evaluation))
-    write_text_atomic(out / "summary.json", json.dumps(result, indent=2, default=str))
+    write_text_atomic(out / "summary.json", jsonio.dumps(result, indent=2))
     return result
 
 
@@ -239,7 +242,7 @@ class QuickstartConfig:
     policy: str = "diffusion_unet"
     encoder: str = "small_cnn"
     down_dims: list[int] = bounded(ge=1, factory=lambda: [32, 64, 128])
-    diffusion_step_embed_dim: int = bounded(64, ge=2)
+    diffusion_step_embed_dim: int = bounded(64, ge=4)
     n_obs_steps: int = bounded(1, ge=1)
     n_action_steps: int = bounded(4, ge=1)
     device: str = "cpu"
@@ -250,7 +253,14 @@ class QuickstartConfig:
 
 def quickstart_config(overrides: list[str]) -> DictConfig:
     """Composed and type-checked before any stage runs, so a bad value costs nothing."""
-    cfg = validate(compose("quickstart", overrides), QuickstartConfig)
+    rest, policy = split_policy_override(overrides)
+    cfg = validate(compose("quickstart", rest), QuickstartConfig)
+    if policy is not None:
+        cfg.policy = policy
+    if cfg.policy not in POLICY_SCHEMAS:
+        raise ConfigError(f"policy={cfg.policy}: no such policy (one of {', '.join(sorted(POLICY_SCHEMAS))})")
+    if not cfg.down_dims:
+        raise ConfigError("config key 'down_dims' is empty: give one width per UNet level, e.g. [32,64,128]")
     if cfg.select.every_steps > 0:
         chosen = range(cfg.select.seed, cfg.select.seed + cfg.select.episodes)
         final = range(cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes)

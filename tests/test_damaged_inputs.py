@@ -29,7 +29,7 @@ def trained(tmp_path_factory) -> Path:
     """A real run (2 checkpoints, optimizer state) of a state policy in push_block's units."""
     root = tmp_path_factory.mktemp("trained")
     store = EpisodeStore.create(root / "demos.zarr", {"state": Feature("lowdim", (2,)),
-                                                      "action": Feature("action", (2,))}, fps=10)
+                                                      "action": Feature("action", (2,))}, fps=10, task="push_block")
     rng = np.random.default_rng(0)
     for _ in range(4):
         walk = np.cumsum(rng.normal(0, 5, (20, 2)), 0).astype(np.float32) + 256
@@ -176,7 +176,7 @@ def _task_with(tmp_path: Path, edit) -> Path:
 
 @pytest.mark.parametrize("edit, words", [
     (lambda t: t.replace("  radius: 25.0", "  radiuss: 25.0"), "unknown key 'success.radiuss'"),
-    (lambda t: t.replace("  speed: 45.0", "  speed: fast"), "'expert.speed' must be a number"),
+    (lambda t: t.replace("  speed: 45.0", "  speed: fast"), "'expert.speed' must be a positive number"),
     (lambda t: t.replace("  agent_x: [60.0, 452.0]", "  agent_x: [452.0, 60.0]"), "'reset.agent_x' must be [low, high]"),
     (lambda t: re.sub(r"score:\n  scale: .*\n", "", t), "missing key 'score'"),
     (lambda t: t.replace("kind: lowdim, shape: [2]", "kind: lowdim, shape: two"), "feature 'state'"),

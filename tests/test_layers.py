@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "robodiff"
 
-GROUND = {"errors", "features", "paths", "config", "progress"}
+GROUND = {"errors", "features", "paths", "config", "progress", "jsonio"}
 FACE = {"cli", "commands", "quickstart", "bench", "__main__", "__init__"}
 # package -> the packages it may import (the ground is allowed everywhere, the face imports anything)
 ALLOWED: dict[str, set[str]] = {

@@ -66,3 +66,24 @@ def test_interrupted_quickstart_leaves_nothing_that_looks_finished(tmp_path):
     assert (out / "demos" / "quickstart_stage.json").is_file()
     assert not (out / "run").exists()
     assert not (out / "report.md").exists()
+
+
+def test_quickstart_picks_the_checkpoint_by_rollouts_on_other_seeds(tmp_path):
+    out = tmp_path / "qs"
+    proc = run_quickstart(out, "train_steps=6", "select.every_steps=3", "select.episodes=2", "select.n_envs=1",
+                          "noise.scale=0.01", "noise.keep_failed=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    best = out / "run" / "checkpoints" / "best"
+    assert result["checkpoint"] == str(best) and result["best_step"] in (3, 6)
+    note = json.loads((out / "run" / "checkpoints" / "best.json").read_text())
+    assert note["step"] == result["best_step"]
+    logged = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "eval.success_rate" in r] == [3, 6]
+    assert all(r["eval.seed"] == 200000 for r in logged if "eval.seed" in r)
+    report = (out / "report.md").read_text()
+    assert f"step {result['best_step']}, whose rollouts during training" in report
+    assert "noise.scale=0.01" in report  # the reproduce lines record how the demos were made
+    # Choosing on the evaluation's own seeds is refused before anything runs.
+    clash = run_quickstart(tmp_path / "clash", "select.every_steps=3", "select.seed=99990")
+    assert clash.returncode == 2 and "overlaps the evaluation's seeds 100000..100001" in clash.stderr

@@ -231,10 +231,10 @@ def test_json_summary_is_strict_json(tmp_path, capsys):
     code, summary, _ = run_cli(capsys, [f"dataset={store}", f"run_dir={tmp_path / 'r'}", "training.steps=2",
                                         "training.val_ratio=0", *TINY])
     assert code == 0 and summary["val_loss"] is None
-    from robodiff.cli import _strict
+    from robodiff import jsonio
 
-    assert json.dumps(_strict({"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(2)}),
-                      allow_nan=False) == '{"a": null, "b": [null, 1.5], "c": 2.0}'
+    assert jsonio.dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(2)}) == \
+        '{"a": null, "b": [null, 1.5], "c": 2.0}'
 
 
 def test_resume_keeps_the_recorded_config_and_refuses_changes(tmp_path, capsys):

@@ -5,7 +5,6 @@ interval against latency, one line per executor), latency.json, and each pair's 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,10 +15,12 @@ from robodiff.commands.eval import evaluate_with
 from robodiff.commands.eval import load_config as eval_load_config
 from robodiff.config import bounded, compose, require, validate
 from robodiff.control.executors import EXECUTORS, check_executor
-from robodiff.errors import ConfigError
+from robodiff.errors import ConfigError, UserError
 from robodiff.eval.report import default_out
 from robodiff.policy.checkpoint import read_policy_meta, require_guided_checkpoint
+from robodiff.sim.tasks import load_task
 from robodiff.paths import replaced, write_text_atomic
+from robodiff import jsonio
 
 
 @dataclass
@@ -79,6 +80,11 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
     task = cfg.task or read_policy_meta(checkpoint).get("task")
     if not task:
         raise ConfigError(f"checkpoint {checkpoint} names no task: give task=T")
+    if not cfg.task:
+        try:
+            load_task(task)
+        except UserError as exc:
+            raise ConfigError(f"checkpoint {checkpoint} was trained for task '{task}': {exc}; give task=T") from None
     out = Path(cfg.out) if cfg.out else default_out("bench", f"latency_{Path(checkpoint).name}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -98,6 +104,6 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
     result = {"bench": "latency", "checkpoint": checkpoint, "task": str(task), "episodes": cfg.episodes,
               "seed": cfg.seed, "rows": rows, "plot": str(out / "latency.png"), "out": str(out),
               "seconds": round(time.perf_counter() - started, 1)}
-    write_text_atomic(out / "latency.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "latency.json", jsonio.dumps(result, indent=2) + "\n")
     print(f"plot: {out / 'latency.png'}")
     return result

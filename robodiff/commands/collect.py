@@ -8,6 +8,7 @@ kill mid-episode loses that episode and nothing else.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +92,10 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
         # Connect the device before touching the store: a missing terminal or device leaves no
         # empty store behind.
         with make_teleop(teleop, robot) as device:
+            created = not out.exists()
             store = open_for_append(out, features, fps=float(task.fps), task=task.name, robot=task.robot,
-                                    extra_attrs=label_attrs)
+                                    extra_attrs=label_attrs, who=f"task '{task.name}' ({task.path})")
+            before = store.n_episodes
             recorder = EpisodeRecorder(store)
             # A person needs the task's control rate; a script runs as fast as the sim goes.
             human = device.human
@@ -137,17 +140,26 @@ def collect(task: TaskSpec, teleop: str, episodes: int, out: Path, seed: int, ke
             except KeyboardInterrupt:
                 recorder.discard()
                 interrupted = True
+                # A Ctrl-C during a commit waits for it: count what the store holds, not what ran.
+                kept = store.n_episodes - before
                 print(f"\ninterrupted: the episode in progress was dropped, {kept} kept", file=sys.stderr)
             finally:
                 bar.close()
     finally:
         robot.close()
+        if store is not None:
+            store_episodes, store_frames = store.n_episodes, store.n_frames
+            store.close()
+            if created and store_episodes == 0:
+                shutil.rmtree(out, ignore_errors=True)  # nothing recorded: leave no empty store behind
     if kept < episodes and not interrupted and teleop == "expert":
         print(f"warning: only {kept} of {episodes} episodes succeeded in {attempts} attempts", file=sys.stderr)
-    assert store is not None
+    if kept == 0 and not interrupted:
+        raise UserError(f"no episode was kept ({attempts} attempts, none {'succeeded' if not keep_failed else 'ended'}"
+                        f"); {out} was not {'created' if created else 'changed'}")
     return {"out": str(out), "task": task.name, "teleop": teleop, "episodes": kept, "frames": frames,
             "attempts": attempts, "success_rate": successes / attempts if attempts else 0.0,
-            "store_episodes": store.n_episodes, "store_frames": store.n_frames,
+            "store_episodes": store_episodes, "store_frames": store_frames,
             "interrupted": interrupted}
 
 

@@ -79,7 +79,9 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
             episode = int(opts["episode"])
         except ValueError:
             raise UserError(f"episode={opts['episode']}: not an integer") from None
-        out = opts["out"] or f"{Path(path).name.split('.')[0]}_episode{episode}.mp4"
+        store_path = Path(path.rstrip("/"))
+        # Beside the store, named after all of it: v.1.zarr and v.2.zarr must not share a video.
+        out = opts["out"] or str(store_path.with_name(f"{store_path.name}_episode{episode}.mp4"))
         if Path(out).suffix.lower() != ".mp4":
             raise UserError(f"out={out}: the episode is written as an mp4 video; give a path ending in .mp4")
         return view(path, episode, out)
@@ -192,6 +194,7 @@ def _trace_panel(ep: dict[str, np.ndarray], traces: list[str], height: int, widt
     for b, key in enumerate(traces):
         top = b * band
         values = ep[key].reshape(length, -1).astype(np.float64)
+        values[~np.isfinite(values)] = np.nan  # drawn as gaps' neighbours, without numpy's overflow warnings
         finite = values[np.isfinite(values)]
         lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from robodiff.data.store import EpisodeRecorder
 from robodiff.errors import ConfigError, UserError
 from robodiff.features import Feature, Features, check_units
 from robodiff.hal import make_robot
+from robodiff.hal.registry import ROBOTS
 from robodiff.hal.base import Robot
 from robodiff.policy.checkpoint import load_policy, read_chunk_spec, read_policy_meta, require_guided_checkpoint
 from robodiff.policy.fast_inference import for_deployment
@@ -143,15 +146,20 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, fps: float, n_act
                           f"actions have {int(np.prod(action_feature.shape))}")
     safety_filter = SafetyFilter(limits, dtype=action_feature.dtype)
     watchdog_s = float(cfg.safety.watchdog_s) if cfg.safety.watchdog_s is not None else 2.5 * dt
-    check_n_action_steps(policy, n_action_steps)  # fail before creating the store
-    recorder = None
-    if cfg.record:
-        store = open_for_append(Path(cfg.record), record_features(robot), fps=float(fps), task=task,
-                                robot=robot_name)
-        recorder = EpisodeRecorder(store)
+    check_n_action_steps(policy, n_action_steps)  # fail before creating the executor or the store
     clock = Clock(dt)
     executor = make_executor(cfg.executor, policy, clock, n_action_steps, cfg.inference_delay_s,
                              make_policy=make_policy, torch_threads=_torch_threads(cfg))
+    recorder = None
+    created = bool(cfg.record) and not Path(cfg.record).exists()
+    if cfg.record:
+        try:
+            store = open_for_append(Path(cfg.record), record_features(robot), fps=float(fps), task=task,
+                                    robot=robot_name, who=f"robot '{robot_name}'")
+        except BaseException:
+            executor.close()
+            raise
+        recorder = EpisodeRecorder(store)
     own_estop = estop is None
     estop = EStop().install() if estop is None else estop
     rows: list[dict[str, Any]] = []
@@ -191,7 +199,10 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, fps: float, n_act
             estop.uninstall()
         executor.close()
         if recorder is not None:
+            empty = recorder.store.n_episodes == 0
             recorder.store.close()
+            if created and empty:
+                shutil.rmtree(cfg.record, ignore_errors=True)  # nothing recorded: no empty store left
     stats["steps"] = totals["steps"]
     stats.pop("event", None)
     if rows:
@@ -224,10 +235,15 @@ def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> An
 
 def resolve_fps(override: float | None, meta: dict[str, Any], checkpoint: str) -> float | None:
     """`fps=` when given, else the rate the checkpoint's data was recorded at (None: unknown)."""
-    fps = override if override is not None else meta.get("fps")
-    if fps is not None and not float(fps) > 0:
-        raise ConfigError(f"fps={fps}: need a positive control rate")
-    return None if fps is None else float(fps)
+    if override is not None:
+        return float(override)  # its range is the schema's
+    fps = meta.get("fps")
+    if fps is None:
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ConfigError(f"checkpoint {checkpoint} records fps {fps!r}, not a positive control rate; "
+                          f"give fps= for this run")
+    return float(fps)
 
 
 SCHEMA = DeployConfig
@@ -249,6 +265,9 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     device = str(pick_device(cfg.device))  # a bad device is a one-line error, not a torch traceback
     spec = read_chunk_spec(checkpoint)
     meta = read_policy_meta(checkpoint)
+    if meta.get("task") and meta["task"] != robot_name and robot_name in ROBOTS:  # a simulated task's robot
+        print(f"warning: checkpoint {checkpoint} was trained for task '{meta['task']}'; deploying it on "
+              f"'{robot_name}'", file=sys.stderr)
     fps = resolve_fps(cfg.fps, meta, checkpoint)
     n_action_steps = check_n_action_steps(spec, spec.n_action_steps if cfg.n_action_steps is None
                                           else cfg.n_action_steps)

@@ -9,11 +9,12 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from robodiff.config import bounded, compose, require, validate
+from robodiff.config import bounded, compose, require, split_policy_override, validate
 from robodiff.control.safety import SafetyConfig
 from robodiff.errors import UserError
 from robodiff.eval import evaluate
 from robodiff.policy.checkpoint import read_chunk_spec
+from robodiff.train.distributed import pick_device
 
 HELP = """
 usage: robodiff eval task=T (checkpoint=RUN_OR_CKPT | policy=expert|random) episodes=N
@@ -51,18 +52,6 @@ class EvalConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
-def split_policy_override(overrides: list[str]) -> tuple[list[str], str | None]:
-    """`policy=` is a plain key here, but conf/policy/ makes Hydra read it as a config group."""
-    rest, policy = [], None
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key == "policy":
-            policy = value or None
-        else:
-            rest.append(item)
-    return rest, policy
-
-
 def n_action_steps_for(checkpoint: str, override: int | None) -> int:
     """The run's n_action_steps: `n_action_steps=` when given, else the checkpoint's."""
     return int(read_chunk_spec(checkpoint).n_action_steps if override is None else override)
@@ -89,9 +78,10 @@ def evaluate_with(cfg: Any) -> dict[str, Any]:
         n_action_steps = n_action_steps_for(cfg.checkpoint, cfg.n_action_steps)
     elif cfg.n_action_steps is not None and cfg.policy is not None:
         raise UserError(f"n_action_steps= is for a learned policy (checkpoint=PATH), not policy={cfg.policy}")
+    device = str(pick_device(cfg.device))  # a device this machine lacks is one line, before anything runs
     return evaluate(task, cfg.safety, checkpoint=cfg.checkpoint, policy_name=cfg.policy,
                       n_action_steps=n_action_steps, episodes=cfg.episodes, seed=cfg.seed,
-                      n_envs=cfg.n_envs, out=cfg.out, n_videos=cfg.n_videos, device=cfg.device,
+                      n_envs=cfg.n_envs, out=cfg.out, n_videos=cfg.n_videos, device=device,
                       video_size=cfg.video_size, executor=cfg.executor, latency_s=cfg.latency_s)
 
 

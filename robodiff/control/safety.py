@@ -91,6 +91,13 @@ def resolve_limits(robot: Robot, safety: Any, action_key: str = "action") -> Act
     if low is None or high is None:
         raise ConfigError(f"robot '{getattr(robot, 'name', '?')}' publishes no action limits: set "
                           "safety.low= and safety.high=")
+    dim = int(np.prod(robot.action_features[action_key].shape))
+    for key, value in (("safety.low", low), ("safety.high", high)):
+        if np.asarray(value).size not in (1, dim):
+            raise ConfigError(f"config key '{key}' has {np.asarray(value).size} values, robot "
+                              f"'{getattr(robot, 'name', '?')}' actions have {dim}")
+    if np.any(np.broadcast_to(np.asarray(low, np.float64), (dim,)) > np.broadcast_to(np.asarray(high, np.float64), (dim,))):
+        raise ConfigError(f"safety limits: low {list(np.atleast_1d(low))} above high {list(np.atleast_1d(high))}")
     if not safety.rate_limit:
         return ActionLimits(np.asarray(low), np.asarray(high))
     max_delta = _floats(safety.max_delta) if safety.max_delta is not None else published.get("max_delta")

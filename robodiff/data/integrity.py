@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from robodiff.data.store import EpisodeStore, ends_problems
+from robodiff.data.store import EpisodeStore, ends_problems, writer_pid
 from robodiff.features import Features, features_to_dict
 from robodiff.errors import StoreError
 from robodiff.progress import progress_bar
@@ -39,12 +39,6 @@ class Problem:
 
     message: str
     kind: str = ERROR
-
-
-def _episodes(store: EpisodeStore, lo: int, hi: int) -> str:
-    """'episode K' or 'episodes K-L' for frames [lo, hi)."""
-    first, last = store.episode_of(lo), store.episode_of(max(lo, hi - 1))
-    return f"episode {first}" if first == last else f"episodes {first}-{last}"
 
 
 def _stored_keys(arr: zarr.Array) -> set[str]:
@@ -75,7 +69,7 @@ def _missing_chunks(store: EpisodeStore, key: str, arr: zarr.Array, stop: int) -
     rows = (row, min(stop, row + grid[0]))
     more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
     what = (f"data/{key}: chunk file {name} is missing (frames {rows[0]}-{rows[1] - 1}, "
-            f"{_episodes(store, *rows)}){more}")
+            f"{store.episodes_text(*rows)}){more}")
     if store.complete_chunks:
         return Problem(what)
     return Problem(f"{what}; this store does not say that it wrote every chunk, so the frames read as "
@@ -121,7 +115,7 @@ def _structure(store: EpisodeStore, keys: list[str] | None,
             continue
         if length < n:
             problems.append(Problem(f"data/{key} has {length} frames, fewer than the {n} that "
-                                    f"meta/episode_ends commits ({_episodes(store, length, n)} lack them)"))
+                                    f"meta/episode_ends commits ({store.episodes_text(length, n)} lack them)"))
         elif length > n:
             tail[key] = length - n
         feat = store.features.get(key)
@@ -141,8 +135,10 @@ def _structure(store: EpisodeStore, keys: list[str] | None,
                                 f"(no committed episode)"))
     if tail:
         parts = ", ".join(f"data/{k} +{v}" for k, v in sorted(tail.items()))
-        problems.append(Problem(f"uncommitted tail beyond frame {n} ({parts}): a recording was interrupted; "
-                                f"`robodiff dataset validate {store.path} --repair` truncates it", TAIL))
+        writer = writer_pid(store.path)
+        why = (f"an episode being recorded now (pid {writer} is writing to the store)" if writer is not None else
+               f"a recording was interrupted; `robodiff dataset validate {store.path} --repair` truncates it")
+        problems.append(Problem(f"uncommitted tail beyond frame {n} ({parts}): {why}", TAIL))
     for key, arr in arrays.items():
         problem = _missing_chunks(store, key, arr, min(int(arr.shape[0]), n))
         if problem is not None:
@@ -170,8 +166,8 @@ def _content(store: EpisodeStore, arrays: dict[str, zarr.Array], keys: list[str]
                 hi = min(stop, lo + step)
                 try:
                     block = store.read_slice(key, lo, hi)
-                except StoreError as exc:
-                    problems.append(Problem(f"{exc} ({_episodes(store, lo, hi)})"))
+                except StoreError as exc:  # it names the chunk, its frames and episode
+                    problems.append(Problem(str(exc)))
                     break
                 finally:
                     bar.update(hi - lo)
@@ -241,18 +237,25 @@ def validate_store(path: str | os.PathLike, repair: bool = False) -> dict:
             print(f"repaired {path}: dropped " + ", ".join(f"{v} frames of data/{k}"
                                                           for k, v in sorted(dropped.items())), file=sys.stderr)
     with EpisodeStore.open(path) as store:
-        problems = refusal + check_store(store, content_keys=store.array_names())
+        problems = check_store(store, content_keys=store.array_names())
         try:
             episodes = store.n_episodes
         except StoreError:
             episodes = 0
+    if refusal:  # the tail stays: its hint to repair would contradict the refusal above it
+        problems = refusal + [Problem(p.message.split(":", 1)[0] + ": not truncated (see above)", TAIL)
+                              if p.kind == TAIL else p for p in problems]
     return {"valid": not any(p.kind in (ERROR, TAIL) for p in problems), "episodes": episodes,
             "problems": [p.message for p in problems if p.kind != WARNING],
             "warnings": [p.message for p in problems if p.kind == WARNING]}
 
 
+def _comparable(features: Features) -> dict[str, dict]:
+    return {k: {f: v for f, v in d.items() if f != "names"} for k, d in features_to_dict(features).items()}
+
+
 def open_for_append(path: str | os.PathLike, features: Features, fps: float | None, task: str | None,
-                    robot: str | None, extra_attrs: dict | None = None) -> EpisodeStore:
+                    robot: str | None, extra_attrs: dict | None = None, who: str = "this run") -> EpisodeStore:
     """A new store, or an existing one whose features are exactly `features` (a recording
     interrupted earlier leaves a tail, which is dropped; a store with any other damage is refused
     before anything is written to it: new frames would land beside broken ones)."""
@@ -265,11 +268,12 @@ def open_for_append(path: str | os.PathLike, features: Features, fps: float | No
             if store.attrs.get(key) != value:
                 raise StoreError(f"{path}: attribute '{key}' is {store.attrs.get(key)!r} in the store but "
                                  f"{value!r} here (record into a new store)")
-        theirs, ours = features_to_dict(store.features), features_to_dict(features)
+        # Names label the dimensions for people; what must agree is what the numbers are.
+        theirs, ours = _comparable(store.features), _comparable(features)
         for key in sorted(set(theirs) | set(ours)):
             if theirs.get(key) != ours.get(key):
-                raise StoreError(f"{path}: feature '{key}' is {theirs.get(key)} in the store but "
-                                 f"{ours.get(key)} here (record into a new store)")
+                raise StoreError(f"{path}: feature '{key}' is {theirs.get(key)} in the store but {ours.get(key)} "
+                                 f"in what {who} records (record into a new store)")
         # Low-dim chunks are rewritten by an append, so they must decode; images are not touched.
         require_valid(store, store.keys, [k for k, f in store.features.items() if f.kind != "image"])
         dropped = store.repair()

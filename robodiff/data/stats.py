@@ -61,6 +61,15 @@ def _fingerprint(store: EpisodeStore) -> str:
     return f"{store.id or 'foreign'}:{store.n_frames}:{ends}"
 
 
+def _sound(stats: dict, shape: tuple[int, ...]) -> bool:
+    """Cached stats the normalizer can use: every field the feature's shape, finite."""
+    for field in ("min", "max", "mean", "std"):
+        values = np.asarray(stats[field], dtype=np.float64)
+        if values.shape != tuple(shape) or not np.isfinite(values).all():
+            return False
+    return True
+
+
 def cached_stats(store: EpisodeStore, keys: list[str]) -> dict[str, dict]:
     """Stats cached next to the store; recomputed when the store grew or was recreated."""
     cache = Path(str(store.path) + ".stats.json")
@@ -70,9 +79,11 @@ def cached_stats(store: EpisodeStore, keys: list[str]) -> dict[str, dict]:
         try:
             cached = json.loads(cache.read_text())
             if cached.get("fingerprint") == fingerprint and wanted <= set(cached["stats"]):
-                return {k: cached["stats"][k] for k in keys}
-        except (ValueError, KeyError, TypeError):
-            pass
+                found = {k: cached["stats"][k] for k in keys}
+                if all(_sound(found[k], store.features[k].shape) for k in keys):
+                    return found
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged or hand-edited cache: computed again below
     stats = compute_stats(store, keys)
     try:
         write_text_atomic(cache, json.dumps({"fingerprint": fingerprint, "stats": stats}))

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import uuid
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -152,6 +153,24 @@ def interrupts_deferred() -> Iterator[None]:
             signal.raise_signal(received[0])
 
 
+def writer_pid(path: Path) -> int | None:
+    """The pid of the process writing to the store now (holding its lock), or None."""
+    lock = Path(path) / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        return int(holder) if holder.isdigit() else -1
+    finally:
+        os.close(fd)
+
+
 def _acquire_lock(path: Path) -> int:
     lock = path / LOCK_FILE
     try:
@@ -169,6 +188,37 @@ def _acquire_lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _zip_root(path: Path) -> str:
+    """Where the group sits in a `.zarr.zip`: at the top, or in the one folder a zip tool made."""
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n in (".zgroup", "zarr.json") for n in names):
+        return ""
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    if len(tops) == 1:
+        top = tops.pop()
+        if f"{top}/.zgroup" in names or f"{top}/zarr.json" in names:
+            return top
+    return ""
+
+
+def _checked_fps(fps: Any, path: Path) -> float | None:
+    if fps is None:
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
+        raise StoreError(f"{path}: attribute 'fps' is {fps!r}, expected a positive number of frames per second")
+    return float(fps)
+
+
+def store_around(path: Path) -> Path | None:
+    """The episode store that `path` is inside of (or is), if any: nothing may be written there
+    but the store's own arrays."""
+    for candidate in (path, *path.parents):
+        if (candidate / "meta" / "episode_ends").exists() and (candidate / "data").is_dir():
+            return candidate
+    return None
 
 
 def _attrs_of(root: zarr.Group, path: Path) -> dict[str, Any]:
@@ -198,7 +248,7 @@ class EpisodeStore:
         try:
             meta = _attrs_of(root, path)
             self.attrs: dict[str, Any] = meta
-            self.fps: float | None = meta.get("fps")
+            self.fps: float | None = _checked_fps(meta.get("fps"), path)
             self.task: str | None = meta.get("task")
             self.robot: str | None = meta.get("robot")
             self.id: str | None = meta.get("id")
@@ -230,6 +280,11 @@ class EpisodeStore:
                task: str | None = None, robot: str | None = None, overwrite: bool = False,
                extra_attrs: Mapping[str, Any] | None = None) -> "EpisodeStore":
         path = Path(path)
+        if path.suffix == ".zip":
+            raise StoreError(f"{path}: stores are written as directories (a .zip is read-only); drop the .zip")
+        outer = store_around(path.parent.resolve()) if path.parent.exists() else None
+        if outer is not None:
+            raise StoreError(f"{path}: inside the episode store {outer}; choose a path outside it")
         if path.exists() and not overwrite:
             raise StoreError(f"{path}: already exists")
         if path.exists():
@@ -264,14 +319,17 @@ class EpisodeStore:
                 if not zipfile.is_zipfile(path):
                     raise NotAStoreError(f"{path}: not a zip file")
                 zip_store = zarr.storage.ZipStore(str(path), mode="r")
-                root = zarr.open_group(zip_store, mode="r")
+                root = zarr.open_group(zip_store, mode="r", path=_zip_root(path))
             else:
-                root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+                with warnings.catch_warnings():  # zarr warns (two lines) about mixed-format metadata
+                    warnings.simplefilter("ignore")
+                    root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
         except StoreError:
             raise
         except Exception as exc:  # zarr raises several types for "not a group"
-            raise NotAStoreError(f"{path}: not a Zarr episode store ({type(exc).__name__}: "
-                                 f"{_first_line(exc)})") from None
+            kind = StoreError if store_around(path) == path else NotAStoreError
+            what = "damaged store metadata" if kind is StoreError else "not a Zarr episode store"
+            raise kind(f"{path}: {what} ({type(exc).__name__}: {_first_line(exc)})") from None
         try:
             is_store = "data" in root and "meta" in root and "episode_ends" in root["meta"]
         except Exception as exc:  # a member's metadata is garbage: a damaged store, not a foreign one
@@ -318,6 +376,10 @@ class EpisodeStore:
                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
             if not isinstance(arr, zarr.Array):
                 raise StoreError(f"{self.path}: data/{key} is a group, not an array")
+            if arr.ndim == 0:
+                raise StoreError(f"{self.path}: data/{key} is a scalar, not frames along axis 0")
+            if any(int(c) < 1 for c in (getattr(arr, "shards", None) or arr.chunks)):
+                raise StoreError(f"{self.path}: data/{key} has chunk shape {list(arr.chunks)} in its metadata")
             self._arrays[key] = arr.with_config(WRITE_ALL_CHUNKS) if self.writable else arr
         return self._arrays[key]
 
@@ -369,6 +431,15 @@ class EpisodeStore:
         """The committed episode holding frame `row` (n_episodes for a frame past the last end)."""
         return int(np.searchsorted(self.episode_ends, row, side="right"))
 
+    def episodes_text(self, lo: int, hi: int) -> str:
+        """'episode K' or 'episodes K-L' for frames [lo, hi) ('uncommitted' past the last end)."""
+        n = self.n_episodes
+        first, last = self.episode_of(lo), self.episode_of(max(lo, hi - 1))
+        if first >= n:
+            return "uncommitted"
+        last = min(last, n - 1)
+        return f"episode {first}" if first == last else f"episodes {first}-{last}"
+
     def episode_lengths(self) -> np.ndarray:
         return np.diff(np.concatenate([[0], self.episode_ends]))
 
@@ -418,7 +489,8 @@ class EpisodeStore:
                 else:
                     meta.compressor.decode(raw, out=out[i])
             except Exception as exc:
-                raise StoreError(f"{file}: corrupt chunk ({type(exc).__name__}: {_first_line(exc)})") from None
+                raise StoreError(f"{file}: corrupt chunk ({type(exc).__name__}: {_first_line(exc)}; "
+                                 f"data/{key} frame {row}, {self.episodes_text(row, row + 1)})") from None
         return out
 
     def _missing_chunk(self, key: str, row: int, file: str, fill: Any) -> Any:
@@ -440,10 +512,12 @@ class EpisodeStore:
         step = arr.chunks[0]
         first = start - start % step
         for row in range(first, min(stop, arr.shape[0]), step):
+            end = min(row + step, arr.shape[0])
             try:
-                arr[row:min(row + step, arr.shape[0])]
+                arr[row:end]
             except Exception as exc:
-                return f"{self.chunk_file(key, row)}: corrupt chunk ({type(exc).__name__}: {_first_line(exc)})"
+                return (f"{self.chunk_file(key, row)}: corrupt chunk ({type(exc).__name__}: {_first_line(exc)}; "
+                        f"data/{key} frames {row}-{end - 1}, {self.episodes_text(row, end)})")
         return f"{self.path}: cannot read data/{key}[{start}:{stop}]"
 
     def read_episode(self, k: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:

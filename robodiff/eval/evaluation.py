@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,14 @@ from robodiff.control.executors import check_executor, check_n_action_steps
 from robodiff.errors import UserError
 from robodiff.features import check_units
 from robodiff.eval.report import default_out, plot_results
-from robodiff.eval.rollouts import COUNTERS, EvalSpec, rows
+from robodiff.eval.rollouts import COUNTERS, VIDEOS, EvalSpec, rows
 from robodiff.eval.stats import wilson_interval
-from robodiff.policy.checkpoint import load_policy, read_chunk_spec, require_guided_checkpoint
+from robodiff.policy.checkpoint import load_policy, read_chunk_spec, read_policy_meta, require_guided_checkpoint
 from robodiff.policy.fast_inference import for_deployment
 from robodiff.policy.guided import require_guided
 from robodiff.sim.tasks import as_task
 from robodiff.progress import progress_bar
+from robodiff import jsonio
 
 POLICY_NAMES = ("expert", "random")
 
@@ -77,6 +78,10 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
                         f"observes no 'state'")
     if policy_name is None:
         chunk = read_chunk_spec(checkpoint) if checkpoint is not None else policy
+        trained_for = read_policy_meta(checkpoint).get("task") if checkpoint is not None else None
+        if trained_for and trained_for != spec_task.name:  # allowed (transfer), never unnoticed
+            print(f"warning: checkpoint {checkpoint} was trained for task '{trained_for}'; evaluating it on "
+                  f"'{spec_task.name}'", file=sys.stderr)
         check_policy_features(chunk.features, list(chunk.obs_keys), chunk.action_key, spec_task)
         if n_action_steps is None:
             raise UserError("a learned policy needs n_action_steps")
@@ -121,6 +126,8 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
 def publish(staging: Path, out_dir: Path) -> None:
     """Move each file and folder of `staging` into `out_dir`, replacing what is there: a file by
     one rename, a folder by renaming the old one away first."""
+    if not (staging / VIDEOS).exists() and (out_dir / VIDEOS).is_dir():
+        shutil.rmtree(out_dir / VIDEOS)  # an earlier run's videos would pass for this run's
     for item in sorted(staging.iterdir()):
         target = out_dir / item.name
         if item.is_dir() and target.exists():
@@ -142,7 +149,7 @@ def _run(spec: EvalSpec, task_name: str, label: str, episodes: int, seed: int, n
         bar = progress_bar(rows(spec, jobs, n_envs), total=episodes, desc=f"eval {task_name}", unit="ep")
         for row in bar:
             results.append(row)
-            log.write(json.dumps(row) + "\n")
+            log.write(jsonio.dumps(row) + "\n")
             log.flush()
             bar.set_postfix(success=f"{np.mean([r['success'] for r in results]):.2f}")
     successes = sum(r["success"] for r in results)
@@ -171,5 +178,5 @@ def _run(spec: EvalSpec, task_name: str, label: str, episodes: int, seed: int, n
     plot_results(results, staging / "eval.png",
                  f"{task_name} / {Path(label).name}: success {summary['success_rate']:.2f} "
                  f"[{lo:.2f}, {hi:.2f}], mean score {summary['mean_score']:.3f}")
-    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (staging / "summary.json").write_text(jsonio.dumps(summary, indent=2) + "\n")
     return summary

@@ -74,6 +74,9 @@ class EvalSpec:
     latency_s: float = 0.0
 
 
+VIDEOS = "videos"  # the folder of an evaluation's rollout videos
+
+
 class EpisodeRunner:
     """Owns one task robot, its loop and its controller; runs episodes by index."""
 
@@ -133,7 +136,7 @@ class EpisodeRunner:
         if self.spec.executor is not None:
             row.update({k: int(stats[k]) for k in COUNTERS})
         if record:
-            name = Path("videos") / f"episode_{index:03d}_seed{seed}.mp4"
+            name = Path(VIDEOS) / f"episode_{index:03d}_seed{seed}.mp4"
             write_video(Path(self.spec.out) / name, np.stack(frames), fps=float(self.task.fps))
             row["video"] = str(Path(self.spec.results_dir) / name)
         return row

@@ -164,11 +164,18 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
         high = np.asarray(action["high"], dtype=np.float64)
         if low.shape != (len(actuators),) or high.shape != (len(actuators),) or np.any(low > high):
             raise UserError(f"{path}: 'limits.action' low/high must be {len(actuators)} numbers each, low <= high")
-    substeps = (data.get("physics") or {}).get("substeps_per_control")
+    physics = data.get("physics") or {}
+    substeps = physics.get("substeps_per_control") if isinstance(physics, dict) else physics
+    if substeps is not None and (isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1):
+        raise UserError(f"{path}: 'physics.substeps_per_control' must be a positive whole number or null, "
+                        f"got {substeps!r}")
     cameras = {}
     for feat, cam in (data.get("cameras") or {}).items():
         if not isinstance(cam, dict) or not {"camera", "width", "height"} <= set(cam):
             raise UserError(f"{path}: camera '{feat}' needs 'camera', 'width' and 'height'")
+        size = (cam["width"], cam["height"])
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise UserError(f"{path}: camera '{feat}' width and height must be positive whole numbers, got {list(size)}")
         cameras[str(feat)] = CameraSpec(str(cam["camera"]), int(cam["width"]), int(cam["height"]))
     return HardwareSpec(name=name, driver=driver, path=path, joints=joints, actuators=actuators,
                         action_low=low, action_high=high,

@@ -67,6 +67,12 @@ class ConditionalUnet1D(nn.Module):
                  diffusion_step_embed_dim: int = 256, in_dim: int | None = None):
         super().__init__()
         down_dims = [int(d) for d in down_dims]
+        if not down_dims:
+            raise ConfigError("policy.denoiser.down_dims is empty: give one width per level, e.g. [256,512,1024]")
+        if diffusion_step_embed_dim < 4 or diffusion_step_embed_dim % 2:
+            # the sinusoidal embedding is half sines, half cosines, of at least two frequencies
+            raise ConfigError(f"policy.denoiser.diffusion_step_embed_dim={diffusion_step_embed_dim} must be "
+                              f"even and >= 4")
         factor = 2 ** (len(down_dims) - 1)
         if horizon % factor != 0:
             raise ConfigError(f"policy.horizon={horizon} must be divisible by {factor} "

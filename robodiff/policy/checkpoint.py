@@ -239,6 +239,9 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema
         raise UserError(f"{ckpt / META}: does not build a policy ({type(exc).__name__}: {exc})") from None
     weights = read_weights(ckpt)
     state = (weights["ema"] if ema else {}) or weights["model"]
+    broken = next((name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken is not None:
+        raise UserError(f"{ckpt / WEIGHTS}: tensor '{broken}' holds NaN/Inf; this checkpoint cannot act")
     try:
         missing, unexpected = policy.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape

@@ -28,7 +28,7 @@ class UnetConfig:
     down_dims: list[int] = bounded(ge=1)
     kernel_size: int = bounded(ge=1)
     n_groups: int = bounded(ge=1)
-    diffusion_step_embed_dim: int = bounded(ge=2)
+    diffusion_step_embed_dim: int = bounded(ge=4)
 
 
 @dataclass

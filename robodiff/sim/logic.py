@@ -13,14 +13,22 @@ from robodiff.errors import UserError
 from robodiff.hal.hardware import load_hardware
 
 
-NUMBER, RANGE, VECTOR = "number", "range", "vector"
+NUMBER, POSITIVE, RANGE = "number", "positive", "range"
+
+
+def vector(length: int | None = None) -> tuple[str, int | None]:
+    """A list of numbers (of `length` of them, when given) in a task YAML."""
+    return ("vector", length)
+
+
+VECTOR = vector()
 
 
 class TaskLogic:
     """Runtime logic of a MuJoCo task: `observe`, `reset(model, data, rng)`, `evaluate`.
 
     `CONFIG` declares the task-YAML blocks the logic (and its scripted expert) reads: a block is a
-    VECTOR of numbers, or a mapping of keys to NUMBER, RANGE ([low, high]) or VECTOR. The task loader checks
+    `vector(n)` of numbers, or a mapping of keys to NUMBER, POSITIVE, RANGE ([low, high]) or vector. The task loader checks
     a YAML against it, so a misspelt nested key is a one-line error naming it."""
 
     CONFIG: dict[str, Any] = {}
@@ -50,15 +58,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
+def _check_value(value: Any, kind: Any, where: str, path: Any) -> None:
+    if isinstance(kind, tuple):  # vector(length)
+        length = kind[1]
+        if not (isinstance(value, list) and value and all(map(_is_number, value))
+                and (length is None or len(value) == length)):
+            size = f"{length} numbers" if length else "numbers"
+            raise UserError(f"{path}: '{where}' must be a list of {size}, got {value!r}")
+    elif kind in (NUMBER, POSITIVE) and not (_is_number(value) and (kind == NUMBER or value > 0)):
+        raise UserError(f"{path}: '{where}' must be a {'positive ' if kind == POSITIVE else ''}number, got {value!r}")
+    elif kind == RANGE and not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))
+                                and value[0] <= value[1]):
+        raise UserError(f"{path}: '{where}' must be [low, high] with low <= high, got {value!r}")
+
+
 def check_logic_config(cfg: dict[str, Any], spec: dict[str, Any], path: Any) -> None:
     """`cfg` (a task YAML) holds every block of `spec`, with exactly its keys and kinds of value."""
     for block, keys in spec.items():
         if block not in cfg:
             raise UserError(f"{path}: missing key '{block}'")
         value = cfg[block]
-        if keys == VECTOR:
-            if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
-                raise UserError(f"{path}: '{block}' must be a list of numbers, got {value!r}")
+        if not isinstance(keys, dict):
+            _check_value(value, keys, block, path)
             continue
         if not isinstance(value, dict):
             raise UserError(f"{path}: '{block}' must be a mapping of {', '.join(keys)}")
@@ -68,21 +89,14 @@ def check_logic_config(cfg: dict[str, Any], spec: dict[str, Any], path: Any) -> 
         for key, kind in keys.items():
             if key not in value:
                 raise UserError(f"{path}: missing key '{block}.{key}'")
-            item = value[key]
-            if kind == VECTOR and not (isinstance(item, list) and item and all(map(_is_number, item))):
-                raise UserError(f"{path}: '{block}.{key}' must be a list of numbers, got {item!r}")
-            if kind == NUMBER and not _is_number(item):
-                raise UserError(f"{path}: '{block}.{key}' must be a number, got {item!r}")
-            if kind == RANGE and not (isinstance(item, list) and len(item) == 2 and all(map(_is_number, item))
-                                      and item[0] <= item[1]):
-                raise UserError(f"{path}: '{block}.{key}' must be [low, high] with low <= high, got {item!r}")
+            _check_value(value[key], kind, f"{block}.{key}", path)
 
 
 class ArmTaskLogic(TaskLogic):
     """A task of an arm (a robot with kinematics): its joints start at `reset.arm` (radians, the
     MJCF's), each moved by up to `reset.arm_noise` at random."""
 
-    ARM_RESET = {"arm": VECTOR, "arm_noise": NUMBER}
+    ARM_RESET = {"arm": VECTOR, "arm_noise": NUMBER}  # the arm's joint count is checked by its scene
 
     def __init__(self, task: Any, model) -> None:
         super().__init__(task, model)

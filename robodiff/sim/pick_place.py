@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodiff.sim.logic import NUMBER, RANGE, VECTOR, ArmTaskLogic, set_mocap_pose
+from robodiff.sim.logic import NUMBER, POSITIVE, RANGE, ArmTaskLogic, set_mocap_pose, vector
 
 JAWS = ("fixed_jaw", "moving_jaw")
 
@@ -19,12 +19,13 @@ def yaw_quat(yaw: float) -> np.ndarray:
 
 
 class PickPlace(ArmTaskLogic):
-    CONFIG = {"goal": {"center": VECTOR, "size": NUMBER},
+    CONFIG = {"goal": {"center": vector(2), "size": POSITIVE},
               "reset": {"cube_x": RANGE, "cube_y": RANGE, "cube_yaw": RANGE, **ArmTaskLogic.ARM_RESET},
-              "success": {"rest_speed": NUMBER, "rest_height": NUMBER},
-              "score": {k: NUMBER for k in ("grasped", "lifted", "lift_height", "near", "near_scale")},
-              "expert": {k: NUMBER for k in ("speed", "hover", "grasp_height", "grasp_offset", "place_height",
-                                             "open", "close_steps")}}
+              "success": {"rest_speed": POSITIVE, "rest_height": POSITIVE},
+              "score": {"grasped": NUMBER, "lifted": NUMBER, "lift_height": POSITIVE, "near": NUMBER,
+                        "near_scale": POSITIVE},
+              "expert": {"speed": POSITIVE, "hover": POSITIVE, "grasp_height": NUMBER, "grasp_offset": NUMBER,
+                         "place_height": NUMBER, "open": POSITIVE, "close_steps": POSITIVE}}
 
     def __init__(self, task, model) -> None:
         super().__init__(task, model)

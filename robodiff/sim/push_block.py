@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodiff.sim.logic import NUMBER, RANGE, VECTOR, TaskLogic, set_mocap_pose
+from robodiff.sim.logic import POSITIVE, RANGE, TaskLogic, set_mocap_pose, vector
 
 
 class PushBlock(TaskLogic):
-    CONFIG = {"goal": VECTOR, "success": {"radius": NUMBER}, "score": {"scale": NUMBER},
+    CONFIG = {"goal": vector(2), "success": {"radius": POSITIVE}, "score": {"scale": POSITIVE},
               "reset": {"agent_x": RANGE, "agent_y": RANGE, "block_x": RANGE, "block_y": RANGE},
-              "expert": {"speed": NUMBER, "push_lead": NUMBER, "margin": NUMBER}}
+              "expert": {"speed": POSITIVE, "push_lead": POSITIVE, "margin": POSITIVE}}
 
     def __init__(self, task, model) -> None:
         super().__init__(task, model)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from robodiff.sim.coverage import T_PARTS, coverage, distance_to_parts, place
-from robodiff.sim.logic import NUMBER, RANGE, VECTOR, TaskLogic, set_mocap_pose
+from robodiff.sim.logic import NUMBER, POSITIVE, RANGE, TaskLogic, set_mocap_pose, vector
 
 
 class PushT(TaskLogic):
-    CONFIG = {"goal": VECTOR, "success": {"coverage": NUMBER},
+    CONFIG = {"goal": vector(3), "success": {"coverage": POSITIVE},
               "reset": {"agent_x": RANGE, "agent_y": RANGE, "block_x": RANGE, "block_y": RANGE,
                         "block_angle": RANGE, "clearance": NUMBER},
-              "expert": {"speed": NUMBER, "push_lead": NUMBER, "margin": NUMBER, "keep_ratio": NUMBER}}
+              "expert": {"speed": POSITIVE, "push_lead": POSITIVE, "margin": POSITIVE, "keep_ratio": POSITIVE}}
 
     def __init__(self, task, model) -> None:
         super().__init__(task, model)

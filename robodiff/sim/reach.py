@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodiff.sim.logic import NUMBER, RANGE, ArmTaskLogic
+from robodiff.sim.logic import POSITIVE, RANGE, ArmTaskLogic
 
 
 class Reach(ArmTaskLogic):
     CONFIG = {"reset": {"target_x": RANGE, "target_y": RANGE, "target_z": RANGE, **ArmTaskLogic.ARM_RESET},
-              "success": {"radius": NUMBER}, "score": {"scale": NUMBER}, "expert": {"speed": NUMBER}}
+              "success": {"radius": POSITIVE}, "score": {"scale": POSITIVE}, "expert": {"speed": POSITIVE}}
 
     def __init__(self, task, model) -> None:
         super().__init__(task, model)

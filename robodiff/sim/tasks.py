@@ -9,6 +9,7 @@ Two kinds of task:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,10 +123,12 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
                         f"(known: {', '.join(sorted(known))})")
     if logic is not None:
         check_logic_config(cfg, logic.CONFIG, path)
-    try:
-        fps, max_steps = float(cfg["fps"]), int(cfg["max_steps"])
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: 'fps' and 'max_steps' must be numbers") from None
+    fps, max_steps = cfg["fps"], cfg["max_steps"]
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise UserError(f"{path}: 'fps' must be a positive number of control steps per second, got {fps!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise UserError(f"{path}: 'max_steps' must be a positive whole number, got {max_steps!r}")
+    fps = float(fps)
     if kind == "gym":
         features = gym_task_features(cfg, path)
         scene, robot = None, None

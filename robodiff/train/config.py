@@ -133,7 +133,10 @@ def resumed(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         OmegaConf.update(saved, key, new, force_add=True)
     saved.resume = True
     saved.run_dir = str(cfg.run_dir)
-    return check(saved)
+    try:
+        return check(saved)
+    except ConfigError as exc:
+        raise ConfigError(f"{path} (the run's recorded config): {exc}") from None
 
 
 def load_yaml(path: Path) -> DictConfig:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from robodiff.paths import replaced, write_text_atomic
+from robodiff import jsonio
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -42,7 +43,7 @@ class MetricsLogger:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
         assert self._file is not None
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(jsonio.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in record.items():

@@ -10,8 +10,8 @@ import json
 import math
 import os
 import random
+import sys
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +29,7 @@ from robodiff.config import to_dict
 from robodiff.data.dataset import WindowDataset
 from robodiff.data.integrity import require_valid
 from robodiff.data.stats import cached_stats
-from robodiff.data.store import EpisodeStore
+from robodiff.data.store import EpisodeStore, store_around
 from robodiff.data.windows import split_episodes
 from robodiff.errors import ConfigError, UserError
 from robodiff.features import Features, features_to_dict
@@ -45,6 +45,7 @@ from robodiff.train.sampler import ResumableSampler
 from robodiff.train.stopping import LossWindow, StopRequest, TrainingDiverged, ignore_interrupts, parameters_finite
 from robodiff.progress import progress_bar
 from robodiff.paths import write_text_atomic
+from robodiff import jsonio
 
 RUNS_DIR = "runs"
 # rollout(policy, out_dir, device) -> an evaluation summary (the command builds it on `robodiff.eval`)
@@ -111,6 +112,9 @@ def _resolve_run(cfg: DictConfig, info: dist_util.DistInfo) -> tuple[Path | None
         return run_dir, latest, saved
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
+        inside = store_around(run_dir.resolve())
+        if inside is not None:
+            raise ConfigError(f"run_dir {run_dir} is inside the episode store {inside}; choose a path outside it")
         if ckpt_io.latest_checkpoint(run_dir) is not None:
             raise ConfigError(f"run_dir {run_dir} already has checkpoints: pass resume=true to continue it, "
                               f"or choose another run_dir")
@@ -167,7 +171,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
         action_array = store.attrs.get("action_label") or action_key
         if action_array not in store.features:
             raise UserError(f"dataset {store_path} has no action feature '{action_array}' "
-                            f"(it has {', '.join(store.features)})")
+                            f"(it has {', '.join(store.features) or 'none'})")
         features = {**{k: store.features[k] for k in obs_keys}, action_key: store.features[action_array]}
         if resume_from is not None:
             _require_same_features(features, ckpt_io.read_policy_meta(resume_from)["features"], store_path)
@@ -207,8 +211,9 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
     batch_size = int(t.batch_size) if t.batch_size is not None else (64 if image_keys else 256)
     per_rank = math.ceil(len(train_ds) / info.world_size)
     if per_rank < batch_size:
-        warnings.warn(f"only {per_rank} training windows per process: batch_size {batch_size} -> {per_rank}",
-                      stacklevel=2)
+        if info.is_main:
+            print(f"warning: only {per_rank} training windows per process: batch_size {batch_size} -> {per_rank}",
+                  file=sys.stderr)
         batch_size = per_rank
     if t.num_workers is not None:
         num_workers = int(t.num_workers)
@@ -279,7 +284,8 @@ def validation_loss(run: Run, model: nn.Module) -> float | None:
 def rollout_eval(run: Run, policy: nn.Module, step: int) -> dict[str, float]:
     """Simulated episodes with the EMA policy (rank 0), through the command's rollout callback."""
     if run.rollout is None:
-        warnings.warn("eval.every_steps is set but this task has no simulated rollouts; skipping", stacklevel=2)
+        print("warning: eval.every_steps is set but this task has no simulated rollouts; skipping",
+              file=sys.stderr)
         return {}
     with _fork_rng(run, int(run.cfg.eval.seed)):
         result = run.rollout(policy, str(run.run_dir / "eval" / f"step_{step}"), str(run.info.device))
@@ -349,6 +355,9 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EM
         step, epoch, batch = int(state["step"]), int(sampler_state["epoch"]), int(sampler_state["batch"])
         same_layout = state["world_size"] == run.info.world_size and sampler_state["batch_size"] == run.batch_size
         rngs = state["rng"]
+        if not parameters_finite(list(run.policy.parameters()) + (list(ema.averaged_model.parameters()) if ema else [])):
+            raise UserError(f"{run.resume_from}: the weights hold NaN/Inf; resume from an earlier checkpoint "
+                            f"(checkpoints/<step>)")
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # weights or state of another run
         first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
         raise UserError(f"{run.resume_from}: cannot resume from this checkpoint ({type(exc).__name__}: "
@@ -358,8 +367,8 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EM
         return step, epoch, batch
     # A different number of processes or batch size cannot replay the same batches: start a new epoch.
     if run.info.is_main:
-        warnings.warn("resuming with a different world size or batch size: the data order restarts at a "
-                      "new epoch (the run is not bit-identical to an uninterrupted one)", stacklevel=2)
+        print("warning: resuming with a different world size or batch size: the data order restarts at a "
+              "new epoch (the run is not bit-identical to an uninterrupted one)", file=sys.stderr)
     return step, epoch + 1, 0
 
 
@@ -424,7 +433,8 @@ def _loop(run: Run) -> dict[str, Any]:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         saved_cfg = OmegaConf.to_container(cfg, resolve=True)
         saved_cfg["policy"] = run.meta["policy"]
-        saved_cfg["dataset"] = str(cfg.dataset if cfg.dataset is not None else run.store_path)
+        # Absolute: a resume from another directory must find this dataset, not one of the same name.
+        saved_cfg["dataset"] = str(Path(cfg.dataset if cfg.dataset is not None else run.store_path).expanduser().resolve())
         saved_cfg["task"] = run.task_arg
         write_text_atomic(run.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved_cfg)))
     logger = MetricsLogger(run.run_dir, enabled=info.is_main, tensorboard=bool(cfg.logging.tensorboard),
@@ -451,6 +461,7 @@ def _loop(run: Run) -> dict[str, Any]:
         return iter(loader)
 
     params = [p for p in policy.parameters() if p.requires_grad]
+    ema_params = list(ema.averaged_model.parameters()) if ema is not None else []
     clip = float(t.grad_clip_norm) if t.grad_clip_norm is not None else None
     samples_per_step = run.batch_size * info.world_size
     total_steps = int(t.steps)
@@ -473,12 +484,14 @@ def _loop(run: Run) -> dict[str, Any]:
         check, and the weights are finite. A collective: every rank calls it at the same step."""
         bad = losses.first_bad()
         first = dist_util.all_reduce_min(info, float(bad[0]) if bad else math.inf)
-        if math.isfinite(first) or not parameters_finite(params):
-            value = f"{bad[1]}" if bad and bad[0] == first else "not finite"
+        weights_ok = math.isfinite(first) or parameters_finite(params + ema_params)
+        if math.isfinite(first) or not weights_ok:
+            what = (f"the loss is {bad[1] if bad and bad[0] == first else 'not finite'}" if math.isfinite(first)
+                    else "the weights hold NaN/Inf")
             at = int(first) if math.isfinite(first) else step
             last = (f"the last checkpoint, {run.run_dir / ckpt_io.CHECKPOINTS / str(saved_at)}, is from step "
                     f"{saved_at}" if saved_at >= 0 else "no checkpoint was written")
-            raise TrainingDiverged(f"training stopped at step {at}: the loss is {value}; {last} (lower "
+            raise TrainingDiverged(f"training stopped at step {at}: {what}; {last} (lower "
                                    f"training.lr, or check the data with `robodiff dataset validate`)")
 
     stop = StopRequest().install()
@@ -577,7 +590,7 @@ def _loop(run: Run) -> dict[str, Any]:
     }
     if info.is_main:
         plot_loss(run.run_dir)
-        write_text_atomic(run.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
+        write_text_atomic(run.run_dir / SUMMARY_FILE, jsonio.dumps(summary, indent=1))
     summary = dist_util.broadcast_object(info, summary)
     dist_util.barrier(info)
     return summary

@@ -25,6 +25,8 @@ READERS: dict[str, Callable[[Path], Source]] = {
 }
 FORMATS = ("auto", *READERS)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# What reading a malformed foreign file raises (parsers index, convert and divide what they find).
+MALFORMED = (AttributeError, IndexError, KeyError, TypeError, ValueError, ZeroDivisionError)
 
 
 def _is_zarr_group(path: Path) -> bool:
@@ -67,10 +69,16 @@ def import_dataset(src: str | os.PathLike, dest: str | os.PathLike, fmt: str = "
     check_dest(Path(dest))
     if fmt == "auto":
         fmt = detect_format(src)
-    source = READERS[fmt](src)
     try:
-        source = relabel(source, units, rename or {})
-    except UserError:
-        source.episodes.close()
-        raise
-    return write_store(source, dest, fmt)
+        source = READERS[fmt](src)
+        try:
+            source = relabel(source, units, rename or {})
+        except UserError:
+            source.episodes.close()
+            raise
+        return write_store(source, dest, fmt)
+    except MALFORMED as exc:
+        # Someone else's files can be malformed in more ways than any reader checks one by one: the
+        # reader's first complaint, as one line naming the dataset, not a traceback.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{src}: malformed {fmt} dataset ({type(exc).__name__}: {first})") from None

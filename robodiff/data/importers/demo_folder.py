@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from robodiff.data.importers.source import Episode, Source, check_lengths, lowdim, require_action
+from robodiff.data.importers.source import Episode, Source, check_lengths, image_shape, lowdim, require_action
 from robodiff.data.video import FrameSampler, first_frame
 from robodiff.errors import UserError
 from robodiff.features import Feature, Features
@@ -49,8 +49,9 @@ def read(src: Path) -> Source:
             features[key] = lowdim(arr.shape[1:], "action")
         elif key == "timestamp":
             features[key] = lowdim(arr.shape[1:], "timestamp")
-        elif arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
-            features[key] = Feature("image", arr.shape[1:], "uint8")
+        elif arr.ndim == 4 and image_shape(arr.shape[1:]) is not None and (
+                arr.dtype == np.uint8 or np.issubdtype(arr.dtype, np.floating)):
+            features[key] = Feature("image", image_shape(arr.shape[1:]), "uint8")  # HWC or CHW, 0..255 or 0..1
         else:
             features[key] = lowdim(arr.shape[1:])
     features.setdefault("timestamp", lowdim((), "timestamp"))

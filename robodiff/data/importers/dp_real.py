@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from robodiff.data.importers import dp_zarr
-from robodiff.data.importers.source import Episode, Source
+from robodiff.data.importers.source import Episode, Source, check_timestamps
 from robodiff.data.video import FrameSampler, first_frame
 from robodiff.errors import UserError
 from robodiff.features import Feature
@@ -45,6 +45,7 @@ def _episodes(src: Path, buffer: Source, cameras: list[str]) -> Generator[Episod
     try:
         for k, episode in enumerate(buffer.episodes):
             times = episode.data["timestamp"].astype(np.float64)
+            check_timestamps(times, f"{src / 'replay_buffer.zarr'} episode {k}")  # before videos are matched
             relative = times - times[0]
             for camera in cameras:
                 path = src / "videos" / str(k) / f"{camera}.mp4"

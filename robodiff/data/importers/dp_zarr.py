@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Generator
 from pathlib import Path
 
+import numpy as np
 from numcodecs.errors import UnknownCodecError
 
-from robodiff.data.importers.source import Episode, Source, require_action
+from robodiff.data.importers.source import Episode, Source, image_shape, require_action
 from robodiff.data.store import EpisodeStore
 from robodiff.data.integrity import require_valid
 from robodiff.errors import StoreError
+from robodiff.features import Feature
 
 
 def register_optional_codecs() -> None:
@@ -40,7 +42,14 @@ def read(src: Path) -> Source:
     except BaseException:
         store.close()
         raise
-    return Source(origin=str(src), features=dict(store.features), episodes=_episodes(store),
+    features = dict(store.features)
+    if not store.declared_features:
+        # A foreign store's uint8 arrays of per-step shape (C, H, W) are images stored channels-first.
+        for key, feat in features.items():
+            hwc = image_shape(feat.shape)
+            if feat.kind == "lowdim" and hwc is not None and store.array(key).dtype == np.uint8:
+                features[key] = Feature("image", hwc, "uint8")
+    return Source(origin=str(src), features=features, episodes=_episodes(store),
                   total=store.n_episodes, fps=store.fps, task=store.task, robot=store.robot)
 
 

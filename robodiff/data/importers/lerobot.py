@@ -132,8 +132,19 @@ def _v21_episodes(layout: Layout) -> list[dict[str, Any]]:
             raise UserError(f"{path}: malformed line ({exc})") from None
     else:
         indices = list(range(int(layout.required("total_episodes"))))
+    _require_unique(indices, path)
     chunk = int(layout.info.get("chunks_size", 1000))
+    if chunk < 1:
+        raise UserError(f"{layout.src / 'meta' / 'info.json'}: chunks_size is {chunk}, expected >= 1")
     return [{"episode_index": i, "episode_chunk": i // chunk} for i in sorted(indices)]
+
+
+def _require_unique(indices: list[int], where: Path) -> None:
+    seen: set[int] = set()
+    for i in indices:
+        if i in seen:
+            raise UserError(f"{where}: episode_index {i} is listed twice")
+        seen.add(i)
 
 
 def _v30_episodes(layout: Layout) -> list[dict[str, Any]]:
@@ -147,6 +158,7 @@ def _v30_episodes(layout: Layout) -> list[dict[str, Any]]:
         for column in ("episode_index", "data/chunk_index", "data/file_index"):
             if column not in row:
                 raise UserError(f"{files[0].parent.parent}: episode tables lack the column '{column}'")
+    _require_unique([int(r["episode_index"]) for r in rows], files[0].parent.parent)
     return sorted(rows, key=lambda r: int(r["episode_index"]))
 
 

@@ -55,15 +55,48 @@ def check_lengths(data: dict[str, np.ndarray], origin: str) -> None:
 
 
 def to_uint8_image(key: str, arr: np.ndarray, origin: str) -> np.ndarray:
-    """Images are uint8; float images holding 0..255 (the reference Push-T store) are rounded."""
+    """Images are uint8. Float images holding 0..255 (the reference Push-T store) are rounded;
+    float images holding 0..1 (a normalised camera, robomimic's float datasets) are scaled first."""
     if arr.dtype == np.uint8:
         return arr
     if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         if lo < 0 or hi > 255 or not np.isfinite([lo, hi]).all():
             raise UserError(f"{origin}: image '{key}' holds values in [{lo:g}, {hi:g}], expected 0..255")
+        if np.issubdtype(arr.dtype, np.floating) and hi <= 1.0:
+            arr = arr * 255.0
         return np.rint(arr).astype(np.uint8)
     raise UserError(f"{origin}: image '{key}' has dtype {arr.dtype}, expected uint8 or 0..255 numbers")
+
+
+def image_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The HWC shape of a per-step array that is an image, stored HWC or CHW; None if it is not."""
+    if len(shape) != 3:
+        return None
+    if shape[-1] in (1, 3, 4):
+        return tuple(shape)
+    if shape[0] in (1, 3, 4) and min(shape[1:]) > 4:
+        return (shape[1], shape[2], shape[0])
+    return None
+
+
+def check_timestamps(times: np.ndarray, origin: str) -> None:
+    """Seconds, finite and strictly increasing within an episode (videos are matched by them)."""
+    times = np.asarray(times, dtype=np.float64).reshape(len(times))
+    if not np.isfinite(times).all():
+        raise UserError(f"{origin}: 'timestamp' holds NaN/Inf (first at step {int(np.argmin(np.isfinite(times)))})")
+    back = np.nonzero(np.diff(times) <= 0)[0]
+    if len(back):
+        i = int(back[0])
+        raise UserError(f"{origin}: 'timestamp' does not increase at step {i + 1} ({times[i]:g} -> {times[i + 1]:g})")
+
+
+def check_fps(fps: Any, origin: str) -> float | None:
+    if fps is None:
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
+        raise UserError(f"{origin}: fps is {fps!r}, expected a positive number of frames per second")
+    return float(fps)
 
 
 def conform(episode: Episode, features: Features) -> dict[str, np.ndarray]:
@@ -72,13 +105,22 @@ def conform(episode: Episode, features: Features) -> dict[str, np.ndarray]:
     missing = sorted(set(features) - set(data))
     if missing:
         raise UserError(f"{origin}: missing {', '.join(repr(k) for k in missing)}")
+    extra = sorted(set(data) - set(features))
+    if extra:  # the first episode decides the features: a later array would be dropped silently
+        raise UserError(f"{origin}: has {', '.join(repr(k) for k in extra)}, which the first episode has not")
     check_lengths({k: data[k] for k in features}, origin)
     out = {}
     for key, feat in features.items():
         arr = np.asarray(data[key])
+        if feat.kind == "image" and arr.ndim == 4 and tuple(arr.shape[1:]) != feat.shape \
+                and image_shape(arr.shape[1:]) == feat.shape:
+            arr = np.moveaxis(arr, 1, -1)  # stored channels-first
         if tuple(arr.shape[1:]) != feat.shape:
             raise UserError(f"{origin}: '{key}' has shape {list(arr.shape[1:])} per step, "
                             f"earlier episodes have {list(feat.shape)}")
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+                or arr.dtype == np.bool_):
+            raise UserError(f"{origin}: '{key}' has dtype {arr.dtype}, expected numbers")
         if feat.kind == "image":
             out[key] = to_uint8_image(key, arr, origin)
         else:
@@ -86,6 +128,8 @@ def conform(episode: Episode, features: Features) -> dict[str, np.ndarray]:
             if np.issubdtype(out[key].dtype, np.floating) and not np.isfinite(out[key]).all():
                 row = int(np.nonzero(~np.isfinite(out[key].reshape(len(arr), -1)).all(axis=1))[0][0])
                 raise UserError(f"{origin}: '{key}' holds NaN/Inf (first at step {row})")
+        if feat.kind == "timestamp":
+            check_timestamps(out[key], origin)
     return out
 
 
@@ -110,7 +154,8 @@ def write_store(source: Source, dest: str | os.PathLike, fmt: str) -> dict[str, 
     dest.parent.mkdir(parents=True, exist_ok=True)
     features: Features = dict(source.features)
     try:
-        store = EpisodeStore.create(tmp, features, fps=source.fps, task=source.task, robot=source.robot)
+        fps = check_fps(source.fps, source.origin)
+        store = EpisodeStore.create(tmp, features, fps=fps, task=source.task, robot=source.robot)
         with progress_bar(source.episodes, total=source.total, desc=f"import {fmt}", unit="episode") as bar:
             for episode in bar:
                 store.append_episode(conform(episode, features))
@@ -121,6 +166,9 @@ def write_store(source: Source, dest: str | os.PathLike, fmt: str) -> dict[str, 
         if dest.exists():
             raise StoreError(f"{dest}: appeared while importing; the import was discarded")
         os.rename(tmp, dest)
+    except OSError as exc:  # name the destination, not its temporary folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StoreError(f"{dest}: cannot be written ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -150,7 +198,7 @@ def relabel(source: Source, units: str | None, rename: dict[str, str]) -> Source
     for old, new in rename.items():
         if old not in source.features:
             raise UserError(f"rename={old}:{new}: {source.origin} has no feature '{old}' "
-                            f"(it has {', '.join(source.features)})")
+                            f"(it has {', '.join(source.features) or 'none'})")
     names = {k: rename.get(k, k) for k in source.features}
     if len(set(names.values())) < len(names):
         raise UserError(f"rename: two features would be named alike ({', '.join(names.values())})")
