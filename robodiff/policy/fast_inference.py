@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,17 @@ def ddim_coefficients(policy: DiffusionPolicy) -> tuple[list[int], torch.Tensor]
             c_x, c_o, d_x, d_o = 0.0, 1.0, 1 / (1 - a).sqrt(), -a.sqrt() / (1 - a).sqrt()
         rows.append([float(c_x), float(c_o), float(d_x), float(d_o), float(a_prev.sqrt()), float((1 - a_prev).sqrt())])
     return steps, torch.tensor(rows, dtype=torch.float32)
+
+
+def cpu_has_native_bf16() -> bool:
+    """The CPU computes in bf16 natively (AVX512-BF16 or AMX): bf16 autocast then trains about
+    1.5x faster than fp32 (measured on a 2-core AMD EPYC with AVX512-BF16, 2026-12-07). Without it
+    oneDNN emulates bf16, which is slower for training than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def bf16_is_fast(device: torch.device) -> bool:

@@ -36,6 +36,7 @@ from robodiff.features import Features, features_to_dict
 from robodiff.models.ema import EMAModel
 from robodiff.policy.factory import build_policy
 from robodiff.policy import checkpoint as ckpt_io
+from robodiff.policy.fast_inference import cpu_has_native_bf16
 from robodiff.train import distributed as dist_util
 from robodiff.train.config import check, load_yaml, tri_state
 from robodiff.train.data import choose_obs_keys, resolve_store
@@ -223,9 +224,8 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
         num_workers = min(8, max(1, (os.cpu_count() or 2) // info.world_size - 1))
 
     amp_choice = tri_state(t.amp, "training.amp")
-    amp = (info.device.type == "cuda") if amp_choice is None else amp_choice
-    if amp and info.device.type != "cuda":
-        raise ConfigError("training.amp=true needs a CUDA device (bf16 autocast is slower than fp32 on CPU)")
+    native = info.device.type == "cuda" or (info.device.type == "cpu" and cpu_has_native_bf16())
+    amp = native if amp_choice is None else amp_choice
 
     if run_dir is None:
         run_dir = Path(dist_util.broadcast_object(info, str(default_run_dir(task_name))))
@@ -242,7 +242,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 def _autocast(run: Run):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if run.amp else nullcontext()
+    return torch.autocast(run.info.device.type, dtype=torch.bfloat16) if run.amp else nullcontext()
 
 
 def _fork_rng(run: Run, seed: int):
