@@ -17,7 +17,7 @@ from robodiff.errors import ConfigError
 from robodiff.features import Feature
 from robodiff.models.unet1d import ConditionalUnet1D
 from robodiff.policy.factory import build_policy
-from robodiff.policy.fast_inference import FastSampler, PackedUnet1D, ddim_coefficients
+from robodiff.policy.fast_inference import FastSampler, PackedUnet1D, sampler_coefficients
 
 CONF = Path(__file__).resolve().parents[1] / "robodiff" / "conf" / "policy"
 FEATURES = {"cam": Feature("image", (32, 32, 3), "uint8"), "state": Feature("lowdim", (3,)),
@@ -48,15 +48,16 @@ def obs(n: int = 1) -> dict[str, torch.Tensor]:
             "state": torch.rand(n, 2, 3, generator=g)}
 
 
-def test_ddim_coefficients_reproduce_diffusers_step():
-    policy = policy_for()
-    steps, coef = ddim_coefficients(policy)
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+def test_ddim_coefficients_reproduce_diffusers_step(prediction):
+    policy = policy_for(prediction_type=prediction)
+    steps, coef = sampler_coefficients(policy)
     sched = policy.inference_scheduler
     sched.set_timesteps(policy.num_inference_steps)
     x, out = torch.randn(2, 8, 2) * 2, torch.randn(2, 8, 2)
-    for t, (c_x, c_o, d_x, d_o, p_0, p_e) in zip(steps, coef.tolist()):
+    for t, (c_x, c_o, s_x, s_0, d_x, d_o, p_0, p_e) in zip(steps, coef.tolist()):
         expected = sched.step(out, t, x).prev_sample
-        x0 = (c_x * x + c_o * out).clamp(-1, 1)
+        x0 = s_x * x + s_0 * (c_x * x + c_o * out).clamp(-1, 1)
         assert torch.allclose(p_0 * x0 + p_e * (d_x * x + d_o * out), expected, atol=1e-5)
 
 
