@@ -271,5 +271,23 @@ def test_bench_inference_cli_json():
                            "cases=[lowdim]", "--json"], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("p50_ms", "p99_ms", "baseline_p50_ms", "baseline_p99_ms", "speedup"):
+    for key in ("p50_ms", "p99_ms", "baseline_p50_ms", "baseline_p99_ms", "speedup", "onestep_p50_ms",
+                "onestep_p99_ms", "onestep_speedup_vs_ddim"):
         assert result[f"cpu_lowdim_{key}"] > 0
+
+
+def test_bench_inference_times_students_beside_ddim_in_the_same_run():
+    from omegaconf import OmegaConf
+
+    from robodiff.bench.inference import bench_case, default_policy_cfg, load_config
+
+    policy_cfg = default_policy_cfg()
+    policy_cfg["denoiser"].update(down_dims=[16, 32, 64], diffusion_step_embed_dim=16)
+    cfg = load_config(["iterations=2", "warmup=0", "sampling_steps=[1,2]", "precision_cpu=fp32"])
+    assert OmegaConf.to_container(load_config([]).sampling_steps) == [1]
+    figures = bench_case("cpu", "lowdim", cfg, policy_cfg)
+    for word in ("onestep", "twostep"):
+        assert figures[f"cpu_lowdim_{word}_p50_ms"] > 0 and figures[f"cpu_lowdim_{word}_speedup_vs_ddim"] > 0
+        # Each student's fast path gives its straightforward path's actions for the same noise.
+        assert figures[f"cpu_lowdim_{word}_max_abs_action_diff"] < FP32_ATOL
+    assert figures["cpu_lowdim_max_abs_action_diff"] < FP32_ATOL and "cpu_lowdim_threestep_p50_ms" not in figures
