@@ -229,7 +229,8 @@ class DiffusionPolicy(ChunkPolicy):
     def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                        noise: torch.Tensor | None = None,
                        guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """The straightforward sampler: diffusers' scheduler.step in the loop, fp32. Robot units.
+        """The straightforward sampler: the inference scheduler's step in the loop (diffusers' for
+        a trained policy, `ConsistencyScheduler` for a student), fp32. Robot units.
         `guide` (normalized target, weights), prefix-conditioned policies only: the prefix that
         `prefix_from_guide` reads from it."""
         if guide is not None and not self.prefix_conditioned:

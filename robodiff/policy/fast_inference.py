@@ -378,7 +378,6 @@ class FastSampler:
         static_in = {k: v.to(self.device).clone() for k, v in (obs | extra).items()}
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in obs.items()}
         guide = (static_in["__target"], static_in["__mask"]) if "__mask" in static_in else None
-
         fresh = static_in["__fresh"] if "__fresh" in static_in else None
 
         def step() -> torch.Tensor:
