@@ -165,3 +165,19 @@ def test_the_objective_freezes_the_teacher_and_moves_the_target_as_an_ema_of_the
     restored = ConsistencyDistillation(build_policy(cfg, FEATURES, STATS), teacher)
     restored.load_train_state(objective.train_state())
     torch.testing.assert_close(restored.target.averaged_model.state_dict()[key], now, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_of_a_two_step_student_takes_its_fresh_noise_as_an_input():
+    student = student_of(policy_for(), steps=2).to("cuda")
+    graphed = FastSampler(student, precision="fp32", threads=None, cuda_graph=True)
+    eager = FastSampler(student, precision="fp32", threads=None, cuda_graph=False)
+    batch = obs(1)
+    noise = student.sample_noise(1, torch.Generator("cuda").manual_seed(4))
+    guide = graphed.guide(np.array([[11.0, 4.0], [12.0, 3.0]]))
+    for seed, g in ((1, None), (2, guide), (3, None)):
+        # The same generator on both: the replayed graph draws nothing itself.
+        got = graphed(batch, noise=noise, generator=torch.Generator("cuda").manual_seed(seed), guide=g)
+        want = eager(batch, noise=noise, generator=torch.Generator("cuda").manual_seed(seed), guide=g)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert len(graphed._graphs) == 2
