@@ -30,7 +30,7 @@ loads wherever a policy does: eval, deploy, bench latency.
   checkpoint=RUN            the teacher (run dir or checkpoint dir), frozen
   dataset=PATH              default: the store the teacher was trained on
   distill.sampling_steps=1  the student's steps at inference (eval/deploy/bench sampling_steps= too)
-  distill.grid_steps=N      the teacher's DDIM grid (default: its own DDIM steps)
+  distill.grid_steps=5      the teacher's DDIM grid it learns along (null: the teacher's DDIM steps)
   distill.target_decay=0.95 EMA of the target network
   training.steps=1000 ...   the loop's keys as in `robodiff train`; all keys: conf/distill.yaml
   run_dir=runs/NAME resume=true   continue a distillation (its teacher and distill.* as recorded)
