@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "collect": "record demonstrations from a teleop device or a scripted expert",
     "dataset": "inspect, validate, import and view episode stores",
     "train": "train a policy on an episode store",
+    "distill": "distil a diffusion policy into a student that samples in 1-4 steps",
     "eval": "evaluate a policy in simulation (success rate, score, videos)",
     "deploy": "run a checkpoint on a robot in a real-time control loop",
     "bench": "measure data loading, training and inference speed",

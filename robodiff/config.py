@@ -102,8 +102,11 @@ def check_bounds(cfg: DictConfig, schema: type, prefix: str = "") -> None:
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         value = cfg.get(f.name) if f.name in cfg else None
-        if dataclasses.is_dataclass(hints[f.name]):
-            check_bounds(value, hints[f.name], f"{key}.")
+        # A nested schema, or an optional one (checked when present).
+        nested = [h for h in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(h)]
+        if nested:
+            if value is not None:
+                check_bounds(value, nested[0], f"{key}.")
             continue
         bounds = f.metadata.get("bounds")
         if not bounds or value is None:

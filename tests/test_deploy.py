@@ -255,9 +255,9 @@ def test_measure_async_timing_over_60_s(delay, tmp_path):
 
     ckpt = str(untrained_checkpoint(tmp_path / "run", [64, 128, 256]))
     robot, _ = build_robot("push_block", seed=0)
-    stats = deploy(load_seeded_policy(ckpt, "cpu", True, 0), robot,
+    stats = deploy(load_seeded_policy(ckpt, "cpu", True, 0, None), robot,
                    _cfg(executor="async", duration_s=60.0, inference_delay_s=delay), "push_block",
-                   progress=False, make_policy=functools.partial(load_seeded_policy, ckpt, "cpu", True, 0))
+                   progress=False, make_policy=functools.partial(load_seeded_policy, ckpt, "cpu", True, 0, None))
     keys = ["steps", "period_p50_ms", "period_p99_ms", "period_error_p50_ms", "period_error_p99_ms",
             "period_error_max_ms", "overruns", "inferences", "inference_p50_ms", "inference_p99_ms",
             "dropped_actions", "stalls", "watchdog_trips", "realtime_priority"]

@@ -65,3 +65,28 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(step), "latest"]
     assert parameter_digest(load_policy(run_dir, ema=False)) == summary["param_digests"][0]
     assert err.count("interrupted at step") == 1  # rank 0 alone prints the hint
+
+
+def test_torchrun_distils_with_two_processes_on_cpu(tmp_path):
+    """The student trains through the same DDP loop: ranks identical, one checkpoint from rank 0."""
+    store = lowdim_store(tmp_path / "toy.zarr", n_episodes=6)
+    teacher = tmp_path / "teacher"
+    network = ["policy.denoiser.down_dims=[16,32]", "policy.denoiser.diffusion_step_embed_dim=16"]
+    common = ["training.batch_size=8", "training.log_every=2", "training.checkpoint_every=100", "logging.progress=false",
+              "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = subprocess.run([sys.executable, "-m", "robodiff.cli", "train", f"dataset={store}", f"run_dir={teacher}",
+                            "training.steps=2", *network, *common], capture_output=True, text=True, env=env, timeout=240)
+    assert train.returncode == 0, train.stderr[-3000:]
+    run_dir = tmp_path / "student"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "robodiff.cli", "distill", f"checkpoint={teacher}", f"run_dir={run_dir}",
+                           "training.steps=4", "training.lr=1e-3", *common],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["teacher_step"] == 2
+    digests = summary["param_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["4", "latest"]
+    assert parameter_digest(load_policy(run_dir, ema=False)) == digests[0]

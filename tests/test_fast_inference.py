@@ -17,7 +17,7 @@ from robodiff.errors import ConfigError
 from robodiff.features import Feature
 from robodiff.models.unet1d import ConditionalUnet1D
 from robodiff.policy.factory import build_policy
-from robodiff.policy.fast_inference import FastSampler, PackedUnet1D, ddim_coefficients
+from robodiff.policy.fast_inference import FastSampler, PackedUnet1D, sampler_coefficients
 
 CONF = Path(__file__).resolve().parents[1] / "robodiff" / "conf" / "policy"
 FEATURES = {"cam": Feature("image", (32, 32, 3), "uint8"), "state": Feature("lowdim", (3,)),
@@ -48,15 +48,16 @@ def obs(n: int = 1) -> dict[str, torch.Tensor]:
             "state": torch.rand(n, 2, 3, generator=g)}
 
 
-def test_ddim_coefficients_reproduce_diffusers_step():
-    policy = policy_for()
-    steps, coef = ddim_coefficients(policy)
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+def test_ddim_coefficients_reproduce_diffusers_step(prediction):
+    policy = policy_for(prediction_type=prediction)
+    steps, coef = sampler_coefficients(policy)
     sched = policy.inference_scheduler
     sched.set_timesteps(policy.num_inference_steps)
     x, out = torch.randn(2, 8, 2) * 2, torch.randn(2, 8, 2)
-    for t, (c_x, c_o, d_x, d_o, p_0, p_e) in zip(steps, coef.tolist()):
+    for t, (c_x, c_o, s_x, s_0, d_x, d_o, p_0, p_e) in zip(steps, coef.tolist()):
         expected = sched.step(out, t, x).prev_sample
-        x0 = (c_x * x + c_o * out).clamp(-1, 1)
+        x0 = s_x * x + s_0 * (c_x * x + c_o * out).clamp(-1, 1)
         assert torch.allclose(p_0 * x0 + p_e * (d_x * x + d_o * out), expected, atol=1e-5)
 
 
@@ -270,5 +271,23 @@ def test_bench_inference_cli_json():
                            "cases=[lowdim]", "--json"], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("p50_ms", "p99_ms", "baseline_p50_ms", "baseline_p99_ms", "speedup"):
+    for key in ("p50_ms", "p99_ms", "baseline_p50_ms", "baseline_p99_ms", "speedup", "onestep_p50_ms",
+                "onestep_p99_ms", "onestep_speedup_vs_ddim"):
         assert result[f"cpu_lowdim_{key}"] > 0
+
+
+def test_bench_inference_times_students_beside_ddim_in_the_same_run():
+    from omegaconf import OmegaConf
+
+    from robodiff.bench.inference import bench_case, default_policy_cfg, load_config
+
+    policy_cfg = default_policy_cfg()
+    policy_cfg["denoiser"].update(down_dims=[16, 32, 64], diffusion_step_embed_dim=16)
+    cfg = load_config(["iterations=2", "warmup=0", "sampling_steps=[1,2]", "precision_cpu=fp32"])
+    assert OmegaConf.to_container(load_config([]).sampling_steps) == [1]
+    figures = bench_case("cpu", "lowdim", cfg, policy_cfg)
+    for word in ("onestep", "twostep"):
+        assert figures[f"cpu_lowdim_{word}_p50_ms"] > 0 and figures[f"cpu_lowdim_{word}_speedup_vs_ddim"] > 0
+        # Each student's fast path gives its straightforward path's actions for the same noise.
+        assert figures[f"cpu_lowdim_{word}_max_abs_action_diff"] < FP32_ATOL
+    assert figures["cpu_lowdim_max_abs_action_diff"] < FP32_ATOL and "cpu_lowdim_threestep_p50_ms" not in figures

@@ -32,6 +32,7 @@ class BenchLatencyConfig:
     episodes: int = bounded(50, ge=1)
     seed: int = bounded(100000, ge=0)
     n_envs: int = bounded(2, ge=1)
+    sampling_steps: int | None = bounded(None, ge=1)
     out: str | None = None
 
 
@@ -73,7 +74,7 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
     for executor in cfg.executors:
         check_executor(executor)
         if executor == "rtc":  # before hours of the other executors' episodes, not after
-            require_guided_checkpoint(checkpoint)
+            require_guided_checkpoint(checkpoint, cfg.sampling_steps)
     latencies = sorted(float(x) for x in cfg.latencies)
     if not latencies or any(x < 0 or not math.isfinite(x) for x in latencies):
         raise ConfigError(f"bench_latency.latencies={list(cfg.latencies)}: need finite seconds >= 0")
@@ -94,14 +95,15 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
             summary = evaluate_with(eval_load_config([
                 f"task={task}", f"checkpoint={checkpoint}", f"episodes={cfg.episodes}", f"seed={cfg.seed}",
                 f"n_envs={cfg.n_envs}", f"out={out / f'{executor}_{latency:g}s'}", "n_videos=0",
-                f"executor={executor}", f"latency_s={latency}"]))
+                f"executor={executor}", f"latency_s={latency}", f"sampling_steps={cfg.sampling_steps or 'null'}"]))
             row = {"executor": executor, "latency_s": latency, "success_rate": summary["success_rate"],
                    "mean_score": round(summary["mean_score"], 4), "ci95": [round(v, 4) for v in summary["ci95"]]}
             rows.append(row)
             print(f"{executor} at {latency:g} s: success {row['success_rate']:.2f} "
                   f"({row['ci95'][0]:.2f}-{row['ci95'][1]:.2f}), mean score {row['mean_score']:.3f}")
     plot(rows, out / "latency.png", f"{task} / {checkpoint}: {cfg.episodes} episodes per point")
-    result = {"bench": "latency", "checkpoint": checkpoint, "task": str(task), "episodes": cfg.episodes,
+    result = {"bench": "latency", "checkpoint": checkpoint, "task": str(task), "sampling_steps": cfg.sampling_steps,
+              "episodes": cfg.episodes,
               "seed": cfg.seed, "rows": rows, "plot": str(out / "latency.png"), "out": str(out),
               "seconds": round(time.perf_counter() - started, 1)}
     write_text_atomic(out / "latency.json", jsonio.dumps(result, indent=2) + "\n")

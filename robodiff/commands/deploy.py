@@ -29,6 +29,7 @@ from robodiff.hal import make_robot
 from robodiff.hal.registry import ROBOTS
 from robodiff.hal.base import Robot
 from robodiff.policy.checkpoint import load_policy, read_chunk_spec, read_policy_meta, require_guided_checkpoint
+from robodiff.policy.factory import with_sampling_steps
 from robodiff.policy.fast_inference import for_deployment
 from robodiff.sim.env import TaskRobot
 from robodiff.sim.outcome import TaskOutcome
@@ -44,7 +45,8 @@ path) or a simulated task name (the run then ends with the episode and reports s
   executor=async      inference in the background, next chunk spliced in on time (default)
   executor=sync       inference on the control thread; the robot holds meanwhile
   executor=rtc        async with real-time chunking: each new chunk keeps the actions that run
-                      while it is computed (diffusion policies with DDIM)
+                      while it is computed (diffusion policies with DDIM; a `robodiff distill`
+                      student sampled in 2+ steps, or distilled from a prefix-trained teacher)
   executor=ensemble   ACT temporal ensembling (unimodal policies only)
   duration_s=S        stop after S seconds (default: until e-stop / end of the simulated episode,
                       which lasts the task's max_steps / fps seconds of robot time, stalls
@@ -55,6 +57,8 @@ path) or a simulated task name (the run then ends with the episode and reports s
   inference_delay_s=  add a delay to every inference (emulate a slower computer)
   fps=F               control rate (default: the rate the checkpoint's data was recorded at)
   n_action_steps=K    actions played per chunk before re-planning (default: the checkpoint's)
+  sampling_steps=S    denoising steps per chunk: DDIM steps of a teacher, 1-4 consistency steps
+                      of a `robodiff distill` student (default: the checkpoint's)
   safety.*            limits (low, high, max_delta), rate_limit (default on), watchdog_s
 
 E-stop: press q or space (interactive terminal), or send SIGINT/SIGTERM: the robot holds, then
@@ -74,6 +78,7 @@ class DeployConfig:
     record: Optional[str] = MISSING
     fps: Optional[float] = bounded(gt=0)
     n_action_steps: Optional[int] = bounded(ge=1)
+    sampling_steps: Optional[int] = bounded(ge=1)
     inference_delay_s: float = bounded(ge=0)
     device: str = MISSING
     ema: bool = MISSING
@@ -227,10 +232,10 @@ def _torch_threads(cfg: Any) -> int:
     return int(cfg.torch_threads or max(1, (os.cpu_count() or 2) - 1))
 
 
-def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int) -> Any:
+def load_seeded_policy(checkpoint: str, device: str, ema: bool, seed: int, sampling_steps: int | None) -> Any:
     """The checkpoint's policy with torch seeded: picklable, for the inference process."""
     torch.manual_seed(seed)
-    return for_deployment(load_policy(checkpoint, device=device, ema=ema), device)
+    return for_deployment(load_policy(checkpoint, device=device, ema=ema, sampling_steps=sampling_steps), device)
 
 
 def resolve_fps(override: float | None, meta: dict[str, Any], checkpoint: str) -> float | None:
@@ -268,19 +273,21 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
     if meta.get("task") and meta["task"] != robot_name and robot_name in ROBOTS:  # a simulated task's robot
         print(f"warning: checkpoint {checkpoint} was trained for task '{meta['task']}'; deploying it on "
               f"'{robot_name}'", file=sys.stderr)
+    with_sampling_steps(meta["policy"], cfg.sampling_steps)  # a bad value: one line here, not in the inference process
     fps = resolve_fps(cfg.fps, meta, checkpoint)
     n_action_steps = check_n_action_steps(spec, spec.n_action_steps if cfg.n_action_steps is None
                                           else cfg.n_action_steps)
     torch.set_num_threads(_torch_threads(cfg))
     make_policy = None
     if cfg.executor == "sync":
-        policy: Any = load_seeded_policy(checkpoint, device, cfg.ema, cfg.seed)
+        policy: Any = load_seeded_policy(checkpoint, device, cfg.ema, cfg.seed, cfg.sampling_steps)
     else:
         # The network lives in the inference process only; this one plans with its interface.
         policy = spec
         if cfg.executor == "rtc":
-            require_guided_checkpoint(checkpoint)  # before the inference process loads it
-        make_policy = functools.partial(load_seeded_policy, checkpoint, device, cfg.ema, cfg.seed)
+            require_guided_checkpoint(checkpoint, cfg.sampling_steps)  # before the inference process loads it
+        make_policy = functools.partial(load_seeded_policy, checkpoint, device, cfg.ema, cfg.seed,
+                                        cfg.sampling_steps)
     robot, outcome = build_robot(robot_name, cfg.seed, fps)
     # A simulated task runs at its own rate when neither the run nor the checkpoint names one.
     fps = fps or getattr(robot, "fps", None)

@@ -19,13 +19,15 @@ from robodiff.train.distributed import pick_device
 HELP = """
 usage: robodiff eval task=T (checkpoint=RUN_OR_CKPT | policy=expert|random) episodes=N
                      [seed=S] [n_envs=K] [out=DIR] [n_videos=3] [video_size=256] [device=cpu]
-                     [n_action_steps=K] [executor=sync|async|rtc|ensemble [latency_s=L]]
+                     [n_action_steps=K] [sampling_steps=S] [executor=sync|async|rtc|ensemble [latency_s=L]]
                      [safety.rate_limit=true] [--json]
 
 Runs N simulated episodes (episode i reset with seed S+i), in K parallel processes when n_envs>1
 (same results as n_envs=1). Writes DIR/episodes.jsonl (seed, success, score, length per episode),
 DIR/summary.json, DIR/eval.png (score by episode, score histogram) and mp4 videos of the first
 n_videos episodes. Prints the success rate with its 95 % Wilson interval and the mean score.
+sampling_steps=S samples a diffusion checkpoint with S denoising steps (DDIM steps of a teacher,
+consistency steps of a `robodiff distill` student; default: the checkpoint's).
 executor=E runs the policy through deploy's executor E on the episode's clock, every inference
 taking L seconds of it: the success a slower computer would get, repeatable to the episode.
 Actions pass deploy's safety filter (limits, NaN rejection); safety.rate_limit=true adds its
@@ -40,6 +42,7 @@ class EvalConfig:
     checkpoint: Optional[str] = MISSING
     policy: Optional[str] = MISSING
     n_action_steps: Optional[int] = bounded(ge=1)
+    sampling_steps: Optional[int] = bounded(ge=1)
     episodes: int = bounded(ge=1)
     seed: int = bounded(ge=0)
     n_envs: int = bounded(ge=1)
@@ -76,11 +79,13 @@ def evaluate_with(cfg: Any) -> dict[str, Any]:
     n_action_steps = None
     if cfg.checkpoint is not None and Path(cfg.checkpoint).exists():
         n_action_steps = n_action_steps_for(cfg.checkpoint, cfg.n_action_steps)
-    elif cfg.n_action_steps is not None and cfg.policy is not None:
-        raise UserError(f"n_action_steps= is for a learned policy (checkpoint=PATH), not policy={cfg.policy}")
+    elif cfg.policy is not None:
+        for key in ("n_action_steps", "sampling_steps"):
+            if cfg[key] is not None:
+                raise UserError(f"{key}= is for a learned policy (checkpoint=PATH), not policy={cfg.policy}")
     device = str(pick_device(cfg.device))  # a device this machine lacks is one line, before anything runs
     return evaluate(task, cfg.safety, checkpoint=cfg.checkpoint, policy_name=cfg.policy,
-                      n_action_steps=n_action_steps, episodes=cfg.episodes, seed=cfg.seed,
+                      n_action_steps=n_action_steps, sampling_steps=cfg.sampling_steps, episodes=cfg.episodes, seed=cfg.seed,
                       n_envs=cfg.n_envs, out=cfg.out, n_videos=cfg.n_videos, device=device,
                       video_size=cfg.video_size, executor=cfg.executor, latency_s=cfg.latency_s)
 

@@ -59,13 +59,18 @@ SCHEMA = TrainConfig
 load_config = load
 
 
+def reported(summary: dict[str, Any], command: str) -> dict[str, Any]:
+    """The summary of a training run of `robodiff <command>`; an interrupted one exits 130 and
+    says how to continue it."""
+    if summary.get("interrupted"):
+        if os.environ.get("RANK", "0") == "0":  # one hint under torchrun
+            print(f"interrupted at step {summary['steps']}: checkpoint {summary['checkpoint']}; continue with "
+                  f"`robodiff {command} run_dir={summary['run_dir']} resume=true`", file=sys.stderr)
+        summary["_exit_code"] = 130
+    return summary
+
+
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any]:
     if args:
         raise UserError(f"unexpected argument '{args[0]}' (train takes key=value overrides only)")
-    summary = train_with(load(overrides))
-    if summary.get("interrupted") and os.environ.get("RANK", "0") == "0":  # one hint under torchrun
-        print(f"interrupted at step {summary['steps']}: checkpoint {summary['checkpoint']}; continue with "
-              f"`robodiff train run_dir={summary['run_dir']} resume=true`", file=sys.stderr)
-    if summary.get("interrupted"):
-        summary["_exit_code"] = 130
-    return summary
+    return reported(train_with(load(overrides)), "train")

@@ -44,7 +44,8 @@ def check_policy_features(features: Any, obs_keys: list[str], action_key: str, t
 
 
 def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str | os.PathLike | None = None,
-             policy_name: str | None = None, n_action_steps: int | None = None, episodes: int = 50,
+             policy_name: str | None = None, n_action_steps: int | None = None, sampling_steps: int | None = None,
+             episodes: int = 50,
              seed: int = 0, n_envs: int = 1, out: str | os.PathLike | None = None, n_videos: int = 3,
              device: str = "cpu", video_size: int = 256, executor: str | None = None,
              latency_s: float = 0.0) -> dict[str, Any]:
@@ -52,10 +53,13 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
     policy_name="expert"|"random") and write episodes.jsonl, summary.json, eval.png and videos.
     A learned policy needs `n_action_steps` (resolved by the caller); `safety` is the composed `safety.*`
     block. `executor`: run a learned policy through that deployment executor, inference taking
-    `latency_s` of the episode's clock."""
+    `latency_s` of the episode's clock. `sampling_steps`: a diffusion checkpoint's denoising steps
+    (None: its own)."""
     chosen = [x for x in (policy, checkpoint, policy_name) if x is not None]
     if len(chosen) != 1:
         raise UserError("give exactly one of checkpoint=PATH or policy=expert|random")
+    if sampling_steps is not None and checkpoint is None:
+        raise UserError("sampling_steps= is for a checkpoint (checkpoint=PATH)")
     if policy_name is not None and policy_name not in POLICY_NAMES:
         raise UserError(f"unknown policy '{policy_name}' for eval (use policy=expert|random or checkpoint=PATH)")
     if checkpoint is not None and not Path(checkpoint).exists():
@@ -88,13 +92,13 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
         check_n_action_steps(chunk, n_action_steps)
         if executor == "rtc":  # here, not in a worker that would only crash
             if checkpoint is not None:
-                require_guided_checkpoint(str(checkpoint))
+                require_guided_checkpoint(str(checkpoint), sampling_steps)
             else:
                 require_guided(for_deployment(policy))
     if checkpoint is not None:
         # Load it here, before any episode: a checkpoint that does not load is one line, not an
         # error from a worker. One process runs the episodes with this copy; workers load their own.
-        loaded = load_policy(checkpoint, device=device)
+        loaded = load_policy(checkpoint, device=device, sampling_steps=sampling_steps)
         policy = loaded if n_envs <= 1 else None
     label = policy_name or (str(checkpoint) if checkpoint is not None else type(policy).__name__)
     out_dir = Path(out) if out is not None else default_out("eval", f"{spec_task.name}_{Path(label).name}")
@@ -109,7 +113,7 @@ def evaluate(task: Any, safety: DictConfig, policy: Any = None, checkpoint: str 
     spec = EvalSpec(task=task if isinstance(task, (str, os.PathLike)) else spec_task,
                     controller=policy_name or "policy",
                     checkpoint=None if checkpoint is None else str(checkpoint), policy=policy,
-                    n_action_steps=n_action_steps, device=device, out=str(staging),
+                    n_action_steps=n_action_steps, sampling_steps=sampling_steps, device=device, out=str(staging),
                     results_dir=str(out_dir), n_videos=n_videos,
                     video_size=video_size,
                     safety=OmegaConf.to_container(safety, resolve=True),
@@ -166,6 +170,7 @@ def _run(spec: EvalSpec, task_name: str, label: str, episodes: int, seed: int, n
         "seed": seed,
         "n_envs": n_envs,
         "n_action_steps": spec.n_action_steps,
+        "sampling_steps": spec.sampling_steps,
         "executor": spec.executor,
         "latency_s": spec.latency_s,
         "safety_rate_limit": bool(spec.safety["rate_limit"]),

@@ -63,6 +63,7 @@ class EvalSpec:
     checkpoint: str | None
     policy: Any
     n_action_steps: int | None
+    sampling_steps: int | None  # a checkpoint's denoising steps (None: its own)
     device: str
     out: str  # where this run writes (a staging folder)
     results_dir: str  # where its results are published when it completes (paths in rows name it)
@@ -87,7 +88,7 @@ class EpisodeRunner:
         self.task = as_task(spec.task)
         policy = spec.policy
         if policy is None and spec.checkpoint is not None:
-            policy = load_policy(spec.checkpoint, device=spec.device)
+            policy = load_policy(spec.checkpoint, device=spec.device, sampling_steps=spec.sampling_steps)
         needs_images = policy is not None and any(
             self.task.features[k].kind == "image" for k in policy.obs_keys if k in self.task.features)
         self.robot = task_robot(self.task, render=needs_images)

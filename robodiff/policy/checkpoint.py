@@ -26,8 +26,7 @@ from robodiff.errors import ConfigError, UserError
 from robodiff.features import features_from_dict
 from robodiff.paths import write_text_atomic
 from robodiff.policy.base import ChunkSpec
-from robodiff.policy.diffusion import inference_scheduler_name
-from robodiff.policy.factory import build_policy, samples_with_ddim
+from robodiff.policy.factory import build_policy, guidance_refusal, with_sampling_steps
 from robodiff.policy.schema import check_policy_config
 
 WEIGHTS = "model.safetensors"
@@ -151,6 +150,14 @@ def _check_complete(ckpt: Path) -> Path:
     return ckpt
 
 
+def pinned_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint `path` names (`resolve_checkpoint`), absolute, and as its numbered step
+    dir when it resolves to `latest`, which moves on if the run is trained further."""
+    ckpt = resolve_checkpoint(path)
+    step_dir = ckpt.parent / str(read_policy_meta(ckpt).get("step"))
+    return (step_dir if ckpt.name == LATEST and (step_dir / WEIGHTS).is_file() else ckpt).resolve()
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
@@ -225,14 +232,17 @@ def read_chunk_spec(path: str | os.PathLike) -> ChunkSpec:
         raise UserError(f"{ckpt / META}: malformed policy config ({type(exc).__name__}: {exc})") from None
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True) -> torch.nn.Module:
-    """Rebuild the policy from `policy.json` and load its (EMA) weights; returned in eval mode."""
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True,
+                sampling_steps: int | None = None) -> torch.nn.Module:
+    """Rebuild the policy from `policy.json` and load its (EMA) weights; returned in eval mode.
+    `sampling_steps`: a diffusion policy's denoising steps at inference (None: the checkpoint's)."""
     ckpt = resolve_checkpoint(path)
     meta = read_policy_meta(ckpt)
     features = _features(meta, ckpt)
     try:
-        check_policy_config(meta["policy"])
-        policy = build_policy(meta["policy"], features, meta.get("stats"))
+        policy_cfg = with_sampling_steps(meta["policy"], sampling_steps)
+        check_policy_config(policy_cfg)
+        policy = build_policy(policy_cfg, features, meta.get("stats"))
     except UserError as exc:
         raise UserError(f"{ckpt / META}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:  # stats or a config that the schema lets through
@@ -254,10 +264,10 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", ema
     return policy.to(device).eval()
 
 
-def require_guided_checkpoint(checkpoint: str | os.PathLike) -> None:
-    """`executor=rtc` needs guided sampling: a diffusion policy sampled with DDIM (the fast sampler)."""
-    policy_cfg = read_policy_meta(checkpoint).get("policy", {})
-    if not samples_with_ddim(policy_cfg):
-        raise ConfigError(f"executor=rtc needs a diffusion policy sampled with DDIM; checkpoint "
-                          f"{checkpoint} has policy '{policy_cfg.get('name')}' with inference_scheduler "
-                          f"'{inference_scheduler_name(policy_cfg)}' (use executor=async)")
+def require_guided_checkpoint(checkpoint: str | os.PathLike, sampling_steps: int | None = None) -> None:
+    """`executor=rtc` needs guided sampling (the fast sampler's, `guidance_refusal`) from the
+    checkpoint sampled with `sampling_steps` (None: its own)."""
+    policy_cfg = read_policy_meta(checkpoint)["policy"]
+    refusal = guidance_refusal(with_sampling_steps(policy_cfg, sampling_steps))
+    if refusal is not None:
+        raise ConfigError(f"executor=rtc needs {refusal}: checkpoint {checkpoint} (or use executor=async)")

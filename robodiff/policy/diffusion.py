@@ -21,8 +21,10 @@ from robodiff.models.obs_encoder import ObsEncoder
 from robodiff.models.transformer import TransformerDenoiser
 from robodiff.models.unet1d import ConditionalUnet1D
 from robodiff.policy.base import ChunkSpec
+from robodiff.policy.consistency import ConsistencyScheduler, draw_noise
 
-INFERENCE_SCHEDULERS = ("ddim", "ddpm", "dpmsolver++")
+# "consistency": a student written by `robodiff distill` (policy.distillation says how).
+INFERENCE_SCHEDULERS = ("ddim", "ddpm", "dpmsolver++", "consistency")
 PREDICTION_TYPES = ("epsilon", "sample")
 
 
@@ -104,6 +106,16 @@ def inference_scheduler_name(policy_cfg: dict[str, Any]) -> str:
     return str(dict(policy_cfg.get("noise_scheduler") or {}).get("inference_scheduler", "ddim"))
 
 
+def max_sampling_steps(policy_cfg: dict[str, Any]) -> int:
+    """The most denoising steps a diffusion policy of this config samples with: a consistency
+    student's distillation grid (it was trained at those timesteps only), else every training
+    timestep."""
+    distillation = policy_cfg.get("distillation")
+    if distillation:
+        return int(distillation["grid_steps"])
+    return int(policy_cfg["noise_scheduler"]["num_train_timesteps"])
+
+
 class DiffusionPolicy(ChunkPolicy):
     """With `max_prefix_steps` > 0 the policy is trained for real-time chunking: each training
     chunk gives the denoiser, clean, the first 0..max_prefix_steps actions after the newest
@@ -135,12 +147,20 @@ class DiffusionPolicy(ChunkPolicy):
         common = dict(num_train_timesteps=int(sched["num_train_timesteps"]), beta_schedule=sched["beta_schedule"],
                       beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 0.02)),
                       prediction_type=self.prediction_type)
-        if not 1 <= self.num_inference_steps <= common["num_train_timesteps"]:
+        distilled = bool(policy_cfg.get("distillation"))
+        if distilled != (self.inference_scheduler_name == "consistency"):
+            raise ConfigError("policy.noise_scheduler.inference_scheduler=consistency samples a student written by "
+                              "`robodiff distill` (policy.distillation), and a student samples with it only")
+        most = max_sampling_steps(policy_cfg)
+        if not 1 <= self.num_inference_steps <= most:
             raise ConfigError(f"policy.noise_scheduler.num_inference_steps={self.num_inference_steps} must be in "
-                              f"1..num_train_timesteps")
+                              f"1..{most}")
         clip = bool(sched.get("clip_sample", True))
         self.noise_scheduler = DDPMScheduler(**common, clip_sample=clip)
-        if self.inference_scheduler_name == "ddim":
+        if distilled:
+            self.inference_scheduler = ConsistencyScheduler(self.noise_scheduler.alphas_cumprod, most,
+                                                            self.prediction_type, clip)
+        elif self.inference_scheduler_name == "ddim":
             self.inference_scheduler = DDIMScheduler(**common, clip_sample=clip, set_alpha_to_one=True, steps_offset=0)
         elif self.inference_scheduler_name == "ddpm":
             self.inference_scheduler = DDPMScheduler(**common, clip_sample=clip)
@@ -202,16 +222,15 @@ class DiffusionPolicy(ChunkPolicy):
         return ((pred - target).pow(2) * free).sum() / (free.sum() * self.action_dim)
 
     def sample_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Initial noise (B, horizon, A), drawn on the generator's device so seeded runs repeat anywhere."""
-        device = generator.device if generator is not None else self.device
-        noise = torch.randn((batch_size, self.horizon, self.action_dim), generator=generator, device=device)
-        return noise.to(self.device)
+        """Noise (B, horizon, A), drawn on the generator's device so seeded runs repeat anywhere."""
+        return draw_noise((batch_size, self.horizon, self.action_dim), generator, self.device)
 
     @torch.no_grad()
     def predict_action(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                        noise: torch.Tensor | None = None,
                        guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """The straightforward sampler: diffusers' scheduler.step in the loop, fp32. Robot units.
+        """The straightforward sampler: the inference scheduler's step in the loop (diffusers' for
+        a trained policy, `ConsistencyScheduler` for a student), fp32. Robot units.
         `guide` (normalized target, weights), prefix-conditioned policies only: the prefix that
         `prefix_from_guide` reads from it."""
         if guide is not None and not self.prefix_conditioned:

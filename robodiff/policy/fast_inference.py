@@ -1,4 +1,5 @@
-"""Fast sampling for DiffusionPolicy (DDIM): same actions as `predict_action` for the same noise.
+"""Fast sampling for DiffusionPolicy (DDIM, or a consistency student's few steps): same actions
+as `predict_action` for the same noise.
 
 What the straightforward path (`DiffusionPolicy.predict_action`) pays for and this one does not:
 - diffusers' `scheduler.step` per step (Python objects, dtype juggling): here the DDIM update is
@@ -33,7 +34,9 @@ from torch import nn
 
 from robodiff.errors import ConfigError
 from robodiff.models.unet1d import ConditionalResidualBlock1D, Conv1dBlock, ConditionalUnet1D, Film
+from robodiff.policy.consistency import ConsistencyScheduler, boundary_scalings
 from robodiff.policy.diffusion import DiffusionPolicy
+from robodiff.policy.factory import guidance_refusal
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d)
@@ -50,27 +53,46 @@ def precast_convolutions(module: nn.Module, dtype: torch.dtype) -> None:
             m.to(dtype)
 
 
+FAST_SCHEDULERS = ("ddim", "consistency")
+
+
 def fast_sampler_fits(policy: Any) -> bool:
-    """Whether the fast sampler runs this policy: a DiffusionPolicy sampled with DDIM."""
-    return isinstance(policy, DiffusionPolicy) and policy.inference_scheduler_name == "ddim"
+    """Whether the fast sampler runs this policy: a DiffusionPolicy sampled with DDIM, or a
+    consistency student."""
+    return isinstance(policy, DiffusionPolicy) and policy.inference_scheduler_name in FAST_SCHEDULERS
 
 
-def ddim_coefficients(policy: DiffusionPolicy) -> tuple[list[int], torch.Tensor]:
-    """Timesteps and, per step, (c_x, c_o, d_x, d_o, p_0, p_e) such that with model output o:
-    x0 = clip(c_x x + c_o o), eps = d_x x + d_o o, x_prev = p_0 x0 + p_e eps (diffusers' DDIM, eta 0)."""
+def _output_coefficients(a: torch.Tensor, prediction_type: str) -> list[float]:
+    """(c_x, c_o, d_x, d_o): x0 = c_x x + c_o o and eps = d_x x + d_o o at noise level `a`."""
+    if prediction_type == "epsilon":
+        return [float(1 / a.sqrt()), float(-(1 - a).sqrt() / a.sqrt()), 0.0, 1.0]
+    return [0.0, 1.0, float(1 / (1 - a).sqrt()), float(-a.sqrt() / (1 - a).sqrt())]
+
+
+def sampler_coefficients(policy: DiffusionPolicy) -> tuple[list[int], torch.Tensor]:
+    """Timesteps and, per step, (c_x, c_o, s_x, s_0, d_x, d_o, p_0, p_e) such that with model
+    output o: x0 = clip(c_x x + c_o o), f = s_x x + s_0 x0, eps = d_x x + d_o o, and the next
+    sample is p_0 f + p_e eps. DDIM (diffusers', eta 0): f = x0. A consistency student: f is its
+    consistency function (c_skip, c_out), and eps is fresh noise instead (d_x = d_o = 0; the
+    sampler draws it), none after its last step (p_e = 0)."""
     sched = policy.inference_scheduler
     sched.set_timesteps(policy.num_inference_steps)
-    alphas = sched.alphas_cumprod.double()
+    steps = [int(t) for t in sched.timesteps]
+    alphas = policy.noise_scheduler.alphas_cumprod.double()
+    rows = []
+    if isinstance(sched, ConsistencyScheduler):
+        for i, t in enumerate(steps):
+            c_x, c_o, _, _ = _output_coefficients(alphas[t], policy.prediction_type)
+            c_skip, c_out = boundary_scalings(torch.tensor(t))
+            a_next = alphas[steps[i + 1]] if i + 1 < len(steps) else torch.tensor(1.0, dtype=torch.float64)
+            rows.append([c_x, c_o, float(c_skip), float(c_out), 0.0, 0.0, float(a_next.sqrt()),
+                         float((1 - a_next).sqrt())])
+        return steps, torch.tensor(rows, dtype=torch.float32)
     ratio = sched.config.num_train_timesteps // policy.num_inference_steps
-    rows, steps = [], [int(t) for t in sched.timesteps]
     for t in steps:
-        a = alphas[t]
         a_prev = alphas[t - ratio] if t - ratio >= 0 else torch.as_tensor(float(sched.final_alpha_cumprod)).double()
-        if policy.prediction_type == "epsilon":
-            c_x, c_o, d_x, d_o = 1 / a.sqrt(), -(1 - a).sqrt() / a.sqrt(), 0.0, 1.0
-        else:
-            c_x, c_o, d_x, d_o = 0.0, 1.0, 1 / (1 - a).sqrt(), -a.sqrt() / (1 - a).sqrt()
-        rows.append([float(c_x), float(c_o), float(d_x), float(d_o), float(a_prev.sqrt()), float((1 - a_prev).sqrt())])
+        c_x, c_o, d_x, d_o = _output_coefficients(alphas[t], policy.prediction_type)
+        rows.append([c_x, c_o, 0.0, 1.0, d_x, d_o, float(a_prev.sqrt()), float((1 - a_prev).sqrt())])
     return steps, torch.tensor(rows, dtype=torch.float32)
 
 
@@ -193,7 +215,7 @@ class FastSampler:
                  threads: int | str | None = "auto", cuda_graph: bool = True, compile: bool = False):
         if not fast_sampler_fits(policy):
             raise ConfigError("fast inference needs a diffusion policy with "
-                              "policy.noise_scheduler.inference_scheduler=ddim")
+                              "policy.noise_scheduler.inference_scheduler=ddim, or a consistency student")
         self.device = torch.device(device) if device is not None else policy.device
         if precision == "auto":
             precision = "bf16" if bf16_is_fast(self.device) else "fp32"
@@ -209,13 +231,17 @@ class FastSampler:
         self.policy = copy.deepcopy(policy).to(self.device).eval().requires_grad_(False)
         self.horizon, self.action_dim = policy.horizon, policy.action_dim
         self.action_shape = tuple(policy.features[policy.action_key].shape)
-        steps, coef = ddim_coefficients(self.policy)
+        steps, coef = sampler_coefficients(self.policy)
         self.timesteps = torch.tensor(steps, device=self.device)
         self.coef = [tuple(row) for row in coef.tolist()]
-        a_first = float(self.policy.inference_scheduler.alphas_cumprod[steps[0]])
+        # A consistency student re-noises its estimate before every step but the first.
+        self.fresh_draws = len(steps) - 1 if policy.inference_scheduler_name == "consistency" else 0
+        # Why guided calls (`guide`) are refused, or None (rtc's inpainting, see `_sample`).
+        self.guidance_refusal = guidance_refusal(policy.policy_cfg)
+        a_first = float(self.policy.noise_scheduler.alphas_cumprod[steps[0]])
         self.first_level = (a_first ** 0.5, (1 - a_first) ** 0.5)
-        self.clip = bool(self.policy.inference_scheduler.config.clip_sample)
-        self.clip_range = float(self.policy.inference_scheduler.config.clip_sample_range)
+        self.clip = bool(self.policy.noise_scheduler.config.clip_sample)
+        self.clip_range = float(self.policy.noise_scheduler.config.clip_sample_range)
         # Guides are built on the host: normalizing there spares a device round trip per call.
         self.host_normalizer = copy.deepcopy(self.policy.normalizer).cpu()
         unet = self.policy.denoiser if isinstance(self.policy.denoiser, ConditionalUnet1D) else None
@@ -265,13 +291,16 @@ class FastSampler:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
     def _sample(self, obs: dict[str, torch.Tensor], noise: torch.Tensor,
-                guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                guide: tuple[torch.Tensor, torch.Tensor] | None = None,
+                fresh: torch.Tensor | None = None) -> torch.Tensor:
         """`guide` = (target, mask), (B, horizon, A) normalized and (B, horizon, 1) in [0, 1].
         A prefix-conditioned policy takes it as its trained prefix (`prefix_from_guide`). Any
         other policy is guided by inpainting: before every denoising step the masked entries are
-        set to the target noised to that step's level with the call's own noise, so the model
+        set to the target noised to that step's level with the noise of that level (the call's
+        own noise for DDIM, the step's fresh noise for a consistency student), so the model
         denoises the rest of the chunk consistently with them; the last step (noise level 0)
-        returns them as given."""
+        returns them as given. `fresh`: (steps - 1, B, horizon, A), a consistency student's
+        re-noising."""
         policy, b, k = self.policy, noise.shape[0], len(self.coef)
         prefix = None
         if policy.prefix_conditioned and guide is not None:
@@ -287,7 +316,7 @@ class FastSampler:
         if guide is not None:
             target, mask = guide
             x = x + mask * (self.first_level[0] * target + self.first_level[1] * noise - x)
-        for i, (c_x, c_o, d_x, d_o, p_0, p_e) in enumerate(self.coef):
+        for i, (c_x, c_o, s_x, s_0, d_x, d_o, p_0, p_e) in enumerate(self.coef):
             x_in = policy.denoiser_input(x, prefix)
             if isinstance(denoiser, ConditionalUnet1D):
                 film = [(s[i * b:(i + 1) * b], o[i * b:(i + 1) * b]) for s, o in all_film]
@@ -302,10 +331,15 @@ class FastSampler:
             x0 = c_x * x + c_o * out
             if self.clip:
                 x0 = x0.clamp(-self.clip_range, self.clip_range)
-            eps = out if d_x == 0.0 else d_x * x + d_o * out
-            x = p_0 * x0 + p_e * eps
+            clean = x0 if s_x == 0.0 else s_x * x + s_0 * x0
+            if p_e == 0.0:  # the last step
+                x, level = p_0 * clean, noise
+            else:
+                level = noise if fresh is None else fresh[i]
+                eps = level if fresh is not None else (out if d_x == 0.0 else d_x * x + d_o * out)
+                x = p_0 * clean + p_e * eps
             if guide is not None:
-                x = x + mask * (p_0 * target + p_e * noise - x)
+                x = x + mask * (p_0 * target + p_e * level - x)
         if prefix is not None:
             x = policy.apply_prefix(x, prefix)
         actions = policy.normalizer.unnormalize(policy.action_key, x)
@@ -319,15 +353,22 @@ class FastSampler:
                  generator: torch.Generator | None = None,
                  guide: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """`guide`: see `_sample`."""
+        if guide is not None and self.guidance_refusal is not None:
+            raise ConfigError(f"guided sampling (executor=rtc) needs {self.guidance_refusal}")
         obs = {k: obs[k][:, -self.policy.n_obs_steps:] for k in self.policy.obs_keys}
         b = next(iter(obs.values())).shape[0]
         if noise is None:
             noise = self.noise(b, generator)
+        # Drawn after the initial noise, in the order the straightforward path draws them.
+        fresh = torch.stack([self.noise(b, generator) for _ in range(self.fresh_draws)]) if self.fresh_draws else None
         if not self.use_graph:
             guide = None if guide is None else (guide[0].to(self.device), guide[1].to(self.device))
-            return self._sample({k: v.to(self.device) for k, v in obs.items()}, noise.to(self.device), guide)
-        # Guide tensors travel as inputs of the graph; guided calls have a graph of their own.
-        extra = {"__noise": noise} if guide is None else {"__noise": noise, "__target": guide[0], "__mask": guide[1]}
+            fresh = None if fresh is None else fresh.to(self.device)
+            return self._sample({k: v.to(self.device) for k, v in obs.items()}, noise.to(self.device), guide, fresh)
+        # Guide and noise tensors travel as inputs of the graph; guided calls have a graph of their own.
+        extra = {"__noise": noise} if fresh is None else {"__noise": noise, "__fresh": fresh}
+        if guide is not None:
+            extra.update({"__target": guide[0], "__mask": guide[1]})
         return self._replay(obs, extra)
 
     def _replay(self, obs: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -349,9 +390,10 @@ class FastSampler:
         static_in = {k: v.to(self.device).clone() for k, v in (obs | extra).items()}
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in obs.items()}
         guide = (static_in["__target"], static_in["__mask"]) if "__mask" in static_in else None
+        fresh = static_in["__fresh"] if "__fresh" in static_in else None
 
         def step() -> torch.Tensor:
-            return self._sample({k: static_in[k] for k in obs}, static_in["__noise"], guide)
+            return self._sample({k: static_in[k] for k in obs}, static_in["__noise"], guide, fresh)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -399,8 +441,8 @@ class FastSampler:
 
 def for_deployment(policy: Any, device: str | torch.device | None = None) -> Any:
     """What runs a checkpoint on a robot: the fast sampler for a diffusion policy sampled with
-    DDIM (the eager path's actions within the tolerance its tests state; torch threads stay as
-    the caller set them), any other policy as it is."""
+    DDIM or a consistency student (the eager path's actions within the tolerance its tests
+    state; torch threads stay as the caller set them), any other policy as it is."""
     if fast_sampler_fits(policy):
         return FastSampler(policy, device=device, threads=None)
     return policy

@@ -37,4 +37,5 @@ class Guide:
 def require_guided(policy: Any) -> None:
     if not isinstance(policy, GuidedPolicy):
         raise ConfigError("executor=rtc needs a policy with guided sampling: a diffusion policy with "
-                          "policy.noise_scheduler.inference_scheduler=ddim (run through the fast sampler)")
+                          "policy.noise_scheduler.inference_scheduler=ddim or a consistency student (run through "
+                          "the fast sampler)")

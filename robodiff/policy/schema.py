@@ -69,6 +69,18 @@ class EmaConfig:
 
 
 @dataclass
+class DistillationConfig:
+    """Written by `robodiff distill` into a student's policy config: how it was made and the grid
+    of teacher timesteps it samples on."""
+
+    method: str = MISSING
+    teacher: str = MISSING  # the teacher's checkpoint dir
+    teacher_step: int = bounded(ge=0)
+    grid_steps: int = bounded(ge=1)
+    target_decay: float = bounded(ge=0, lt=1)
+
+
+@dataclass
 class ChunkPolicyConfig:
     name: str = MISSING
     horizon: int = bounded(ge=1)
@@ -86,12 +98,14 @@ class ChunkPolicyConfig:
 class DiffusionUnetConfig(ChunkPolicyConfig):
     max_prefix_steps: int = bounded(ge=0)
     denoiser: UnetConfig = field(default_factory=UnetConfig)
+    distillation: Optional[DistillationConfig] = MISSING
 
 
 @dataclass
 class DiffusionTransformerConfig(ChunkPolicyConfig):
     max_prefix_steps: int = bounded(ge=0)
     denoiser: TransformerConfig = field(default_factory=TransformerConfig)
+    distillation: Optional[DistillationConfig] = MISSING
 
 
 @dataclass

@@ -107,7 +107,7 @@ def load(overrides: list[str]) -> DictConfig:
 FIXED_ON_RESUME = ("task", "policy")
 
 
-def _given_keys(overrides: list[str]) -> list[str]:
+def given_keys(overrides: list[str]) -> list[str]:
     keys = [item.partition("=")[0].lstrip("+~") for item in overrides]
     return [k for k in keys if k not in ("resume", "run_dir")]
 
@@ -119,7 +119,7 @@ def resumed(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"run_dir {cfg.run_dir}: no config.yaml, so nothing to resume")
     saved = load_yaml(path)
-    for key in _given_keys(overrides):
+    for key in given_keys(overrides):
         new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if key.split(".")[0] in FIXED_ON_RESUME:
             if key == "policy":  # a group override: compare the policy it names

@@ -41,6 +41,7 @@ from robodiff.train import distributed as dist_util
 from robodiff.train.config import check, load_yaml, tri_state
 from robodiff.train.data import choose_obs_keys, resolve_store
 from robodiff.train.metrics import MetricsLogger, plot_loss
+from robodiff.train.objective import objective_for, teacher_meta
 from robodiff.train.rng import capture_rng, restore_rng
 from robodiff.train.sampler import ResumableSampler
 from robodiff.train.stopping import LossWindow, StopRequest, TrainingDiverged, ignore_interrupts, parameters_finite
@@ -52,17 +53,6 @@ RUNS_DIR = "runs"
 # rollout(policy, out_dir, device) -> an evaluation summary (the command builds it on `robodiff.eval`)
 Rollout = Callable[[Any, str, str], dict[str, Any]]
 SUMMARY_FILE = "summary.json"
-
-
-class LossModule(nn.Module):
-    """DDP synchronises gradients through `forward`, so the policy's loss is exposed as one."""
-
-    def __init__(self, policy: nn.Module):
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.policy.compute_loss(batch)
 
 
 @dataclass
@@ -135,13 +125,14 @@ def saved_task(cfg: DictConfig) -> str | None:
     return load_yaml(saved).get("task") if saved.is_file() else None
 
 
-def _require_same_features(features: Features, trained: dict[str, Any], store_path: Path) -> None:
+def _require_same_features(features: Features, trained: dict[str, Any], store_path: Path, who: str) -> None:
+    """`who` trained on `trained` (a checkpoint's features): "the run" resumed, "the teacher" of a student."""
     for key, feat in features.items():
         had = trained.get(key, {})
         now = {"kind": feat.kind, "shape": list(feat.shape), "dtype": feat.dtype}
         if {k: had.get(k) for k in now} != now:
-            raise ConfigError(f"feature '{key}' of dataset {store_path} is {now}, the run was trained on "
-                              f"{ {k: had.get(k) for k in now} }: a resumed run keeps its features")
+            raise ConfigError(f"feature '{key}' of dataset {store_path} is {now}, {who} was trained on "
+                              f"{ {k: had.get(k) for k in now} }: the network keeps its features")
 
 
 def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys: list[str] | None,
@@ -175,7 +166,7 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
                             f"(it has {', '.join(store.features) or 'none'})")
         features = {**{k: store.features[k] for k in obs_keys}, action_key: store.features[action_array]}
         if resume_from is not None:
-            _require_same_features(features, ckpt_io.read_policy_meta(resume_from)["features"], store_path)
+            _require_same_features(features, ckpt_io.read_policy_meta(resume_from)["features"], store_path, "the run")
         image_keys = [k for k in obs_keys if features[k].kind == "image"]
         arrays = {**{k: k for k in obs_keys}, action_key: action_array}
         numeric = [arrays[k] for k, f in features.items() if f.kind != "image"]
@@ -194,6 +185,12 @@ def prepare(cfg: DictConfig, info: dist_util.DistInfo, task_name: str, task_keys
         n_episodes = store.n_episodes
         fits_ram = _image_bytes(store, image_keys) < t.cache_max_gb * 2**30
         meta_extra = {"fps": store.fps, "robot": store.robot}
+    teacher = teacher_meta(policy_cfg)
+    if teacher is not None:
+        # A student works in its teacher's normalized action space: the teacher's statistics,
+        # whatever the dataset's are now.
+        _require_same_features(features, teacher["features"], store_path, "the teacher")
+        stats = teacher["stats"]
     policy_cfg["obs_keys"] = obs_keys
     policy_cfg["action_key"] = action_key
 
@@ -262,7 +259,7 @@ def _fork_rng(run: Run, seed: int):
 
 
 @torch.no_grad()
-def validation_loss(run: Run, model: nn.Module) -> float | None:
+def validation_loss(run: Run, objective: nn.Module, model: nn.Module) -> float | None:
     if run.val_ds is None:
         return None
     sampler = ResumableSampler(len(run.val_ds), run.info.rank, run.info.world_size, shuffle=False)
@@ -275,7 +272,7 @@ def validation_loss(run: Run, model: nn.Module) -> float | None:
             if i >= int(run.cfg.training.val_batches):
                 break
             with _autocast(run):
-                total += float(model.compute_loss(_to_device(batch, run.info.device)))
+                total += float(objective.loss(model, _to_device(batch, run.info.device)))
             count += 1
     model.train(was_training)
     return dist_util.all_reduce_mean(run.info, total / max(count, 1))
@@ -314,15 +311,17 @@ def _recorded_best(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _train_state(step: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None,
-                 epoch: int, batch_in_epoch: int, batch_size: int, rngs: list[Any], world_size: int) -> dict[str, Any]:
+                 objective: nn.Module, epoch: int, batch_in_epoch: int, batch_size: int, rngs: list[Any],
+                 world_size: int) -> dict[str, Any]:
     return {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
             "ema": None if ema is None else {"optimization_step": ema.optimization_step, "decay": ema.decay},
+            "objective": objective.train_state(),
             "sampler": {"epoch": epoch, "batch": batch_in_epoch, "batch_size": batch_size},
             "rng": rngs, "world_size": world_size}
 
 
 def save(run: Run, step: int, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None,
-         epoch: int, batch_in_epoch: int) -> Path | None:
+         objective: nn.Module, epoch: int, batch_in_epoch: int) -> Path | None:
     # Every rank's RNG is gathered (a collective, so all ranks call this) and rank 0 writes.
     rngs = [capture_rng()]
     if run.info.enabled:
@@ -330,14 +329,16 @@ def save(run: Run, step: int, optimizer: torch.optim.Optimizer, scheduler: Any, 
         torch.distributed.all_gather_object(rngs, capture_rng())
     if not run.info.is_main:
         return None
-    state = _train_state(step, optimizer, scheduler, ema, epoch, batch_in_epoch, run.batch_size, rngs,
+    state = _train_state(step, optimizer, scheduler, ema, objective, epoch, batch_in_epoch, run.batch_size, rngs,
                          run.info.world_size)
     return ckpt_io.save_checkpoint(run.run_dir, step, run.policy.state_dict(),
                                    None if ema is None else ema.averaged_model.state_dict(), run.meta, state)
 
 
-def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None) -> tuple[int, int, int]:
-    """Load weights, optimizer, scheduler, EMA and RNG; returns (step, epoch, batch in epoch)."""
+def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMAModel | None,
+             objective: nn.Module) -> tuple[int, int, int]:
+    """Load weights, optimizer, scheduler, EMA, the objective's state and RNG; returns (step,
+    epoch, batch in epoch)."""
     assert run.resume_from is not None
     state = ckpt_io.read_train_state(run.resume_from)
     weights = ckpt_io.read_weights(run.resume_from)
@@ -351,6 +352,7 @@ def _restore(run: Run, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EM
                 ema.decay = float(state["ema"]["decay"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
+        objective.load_train_state(state.get("objective", {}))  # none in checkpoints from before objectives
         sampler_state = state["sampler"]
         step, epoch, batch = int(state["step"]), int(sampler_state["epoch"]), int(sampler_state["batch"])
         same_layout = state["world_size"] == run.info.world_size and sampler_state["batch_size"] == run.batch_size
@@ -405,6 +407,8 @@ def _loop(run: Run) -> dict[str, Any]:
     if (device.type == "cuda" and has_images) if cl_choice is None else cl_choice:
         policy.to(memory_format=torch.channels_last)
     policy.train()
+    # Built before the EMA copies the policy: a student starts as its teacher.
+    objective = objective_for(policy, device)
 
     ema_cfg = dict(run.meta["policy"].get("ema") or {})
     ema = None
@@ -424,7 +428,7 @@ def _loop(run: Run) -> dict[str, Any]:
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if run.resume_from is not None:
-        step, epoch, batch_in_epoch = _restore(run, optimizer, scheduler, ema)
+        step, epoch, batch_in_epoch = _restore(run, optimizer, scheduler, ema, objective)
     if step >= int(t.steps):
         raise ConfigError(f"run_dir {run.run_dir} is already at step {step} >= training.steps={t.steps}; "
                           f"raise training.steps to train longer")
@@ -440,7 +444,7 @@ def _loop(run: Run) -> dict[str, Any]:
     logger = MetricsLogger(run.run_dir, enabled=info.is_main, tensorboard=bool(cfg.logging.tensorboard),
                            resume_step=step)
 
-    model: nn.Module = LossModule(policy)
+    model: nn.Module = objective
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -514,6 +518,7 @@ def _loop(run: Run) -> dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             scheduler.step()
+            objective.after_step()
             if ema is not None:
                 ema.step(policy)
             step += 1
@@ -539,7 +544,7 @@ def _loop(run: Run) -> dict[str, Any]:
                 (stop.requested and not info.enabled)
             pause_from = time.perf_counter()
             if not stopping and (step % int(t.val_every) == 0 or step == total_steps):
-                val_loss = validation_loss(run, ema.averaged_model if ema is not None else policy)
+                val_loss = validation_loss(run, objective, ema.averaged_model if ema is not None else policy)
                 if val_loss is not None:
                     logger.log(step, {"val_loss": val_loss})
             improved = False
@@ -556,7 +561,7 @@ def _loop(run: Run) -> dict[str, Any]:
             if saved_at != step and (improved or stopping or step % int(t.checkpoint_every) == 0
                                      or step == total_steps):
                 require_finite()
-                save(run, step, optimizer, scheduler, ema, epoch, batch_in_epoch)
+                save(run, step, optimizer, scheduler, ema, objective, epoch, batch_in_epoch)
                 saved_at = step
             if improved and info.is_main:
                 ckpt_io.link_checkpoint(run.run_dir / ckpt_io.CHECKPOINTS / str(step), ckpt_io.BEST, best)
