@@ -16,6 +16,7 @@ import yaml
 from robodiff.errors import UserError
 from robodiff.features import JOINT_UNITS
 from robodiff.hal.joint_units import JointUnits, parse_joint_units
+from robodiff.hal.motors.bus import Motor
 from robodiff.paths import resolve_yaml
 
 # The simulation part of a hardware YAML: any YAML with a `model:` (MJCF) has it, whatever its
@@ -175,3 +176,16 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
                         substeps_per_control=int(substeps) if substeps else None,
                         cameras=cameras, units=units, unit_conventions=conventions,
                         kinematics=_kinematics(data, joints, path), raw=data)
+
+
+def motors_of(hardware: HardwareSpec) -> dict[str, Motor]:
+    """Each joint's servo (`motor_id` and `model` under `joints:`), by joint name: what a driver
+    on a servo bus and the bus emulator address."""
+    joints = hardware.raw.get("joints")
+    out = {}
+    for name in hardware.joints:
+        entry = joints.get(name) if isinstance(joints, dict) else None
+        if not isinstance(entry, dict) or "motor_id" not in entry or "model" not in entry:
+            raise UserError(f"{hardware.path}: joint '{name}' needs 'motor_id' and 'model' for a servo bus")
+        out[name] = Motor(int(entry["motor_id"]), str(entry["model"]))
+    return out

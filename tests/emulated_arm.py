@@ -1,0 +1,46 @@
+"""Helpers for tests on an emulated SO-101 bus: a clock the test moves, and an emulator serving on a
+thread of the test process (`emulated`)."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from robodiff.hal.emulator import BusEmulator, EmulatedArm  # noqa: E402
+from robodiff.hal.hardware import load_hardware, motors_of  # noqa: E402
+from robodiff.hal.motors import FeetechBus  # noqa: E402
+
+
+class FakeClock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@contextmanager
+def emulated(link: Path, *, voltage_v: float = 12.0, person=None, now=None, **faults):
+    """An emulated so101 follower served on a thread at `link`."""
+    kw = {} if now is None else {"now": now}
+    arm = EmulatedArm(load_hardware("so101"), voltage_v=voltage_v, person=person, **kw)
+    emulator = BusEmulator(arm, link, **faults, **kw).start()
+    try:
+        yield emulator
+    finally:
+        emulator.close()
+
+
+def bus_at(link: Path, retries: int = 3, silent_reads: int = 5, timeout_s: float = 0.05) -> FeetechBus:
+    bus = FeetechBus(str(link), motors_of(load_hardware("so101")), baudrate=1_000_000, timeout_s=timeout_s,
+                     retries=retries, silent_reads=silent_reads)
+    bus.connect()
+    return bus
