@@ -25,7 +25,10 @@ from robodiff.paths import resolve_yaml
 # (a driver this version lacks) is still loadable as a description, but cannot be connected.
 SIM_KEYS = {"name", "driver", "model", "joints", "actuators", "limits", "physics", "cameras", "units",
             "kinematics", "teleop"}
-PHYSICAL_KEYS = {"bus", "calibration"}
+PHYSICAL_KEYS = {"port", "id", "bus", "leader", "servo_settings"}
+# What a physical camera entry may hold besides the simulated camera's keys (the `robot.cameras.
+# <name>.<key>=` settings of a run; docs/deployment.md).
+CAMERA_KEYS = {"camera", "width", "height", "index", "path", "fps", "max_age_ms"}
 
 
 @dataclass(frozen=True)
@@ -138,10 +141,28 @@ def _kinematics(data: dict[str, Any], joints: tuple[str, ...], path: Path) -> Ki
     return KinematicsSpec(str(raw["site"]), chain, str(raw["gripper"]))
 
 
-def load_hardware(name_or_path: str) -> HardwareSpec:
-    """Parse and check `hardware/<name>.yaml` (or a path to one)."""
+def apply_settings(data: dict[str, Any], settings: dict[str, Any], path: Path, prefix: str = "robot") -> None:
+    """A run's `robot.<key>=value` settings over the YAML: only keys the YAML has (and a camera's
+    `CAMERA_KEYS`), so a misspelt key is an error naming it."""
+    for key, value in settings.items():
+        where = f"{prefix}.{key}"
+        in_camera = prefix.startswith("robot.cameras.") and prefix.count(".") == 2
+        if key not in data and not (in_camera and key in CAMERA_KEYS):
+            known = sorted(set(data) | (CAMERA_KEYS if in_camera else set()))
+            raise UserError(f"{where}: {path} has no such setting (known here: {', '.join(known)})")
+        if isinstance(value, dict):
+            if not isinstance(data[key], dict):
+                raise UserError(f"{where}: {path} holds a single value there, not settings")
+            apply_settings(data[key], value, path, where)
+        else:
+            data[key] = value
+
+
+def load_hardware(name_or_path: str, settings: dict[str, Any] | None = None) -> HardwareSpec:
+    """Parse and check `hardware/<name>.yaml` (or a path to one), with a run's settings over it."""
     path = resolve_yaml("hardware", name_or_path)
     data = read_yaml(path)
+    apply_settings(data, settings or {}, path)
     name = str(data.get("name", path.stem))
     driver = str(_require(data, "driver", path))
     if driver != "mujoco" and "model" not in data:
@@ -170,6 +191,9 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
     for feat, cam in (data.get("cameras") or {}).items():
         if not isinstance(cam, dict) or not {"camera", "width", "height"} <= set(cam):
             raise UserError(f"{path}: camera '{feat}' needs 'camera', 'width' and 'height'")
+        if not set(cam) <= CAMERA_KEYS:
+            raise UserError(f"{path}: camera '{feat}' has unknown key '{sorted(set(cam) - CAMERA_KEYS)[0]}' "
+                            f"(known: {', '.join(sorted(CAMERA_KEYS))})")
         cameras[str(feat)] = CameraSpec(str(cam["camera"]), int(cam["width"]), int(cam["height"]))
     return HardwareSpec(name=name, driver=driver, path=path, joints=joints, actuators=actuators,
                         action_low=low, action_high=high,

@@ -2,8 +2,9 @@
 
 A person starts when the program first switches the arm's torque off (a person waits for the arm
 to go limp), and gives joint targets in the MJCF's radians, in the hardware YAML's joint order:
-- `CalibrationPerson`: holds the middle pose, then sweeps every joint to both ends of its range
-  and back, then holds the middle again (what `robodiff hardware calibrate` asks for);
+- `CalibrationPerson`: holds the middle pose, then sweeps the joints one after the other to both
+  ends of their range and back (all at once, a folded arm would hit itself), then holds the
+  middle again (what `robodiff hardware calibrate` asks for);
 - `TeleopPerson`: moves every joint of a leader arm around the middle, sinusoids peaking at a
   given speed (60 deg/s: a brisk demonstration);
 - `RecordedPerson`: replays recorded joint positions (looped).
@@ -25,26 +26,27 @@ class CalibrationPerson(Person):
                  hold_s: float = 2.0, sweep_s: float = 3.0) -> None:
         self.low, self.high = np.asarray(low, np.float64), np.asarray(high, np.float64)
         self.middle = (self.low + self.high) / 2 if middle is None else np.asarray(middle, np.float64)
-        self.hold_s, self.sweep_s = float(hold_s), float(sweep_s)
+        self.hold_s, self.sweep_s = float(hold_s), float(sweep_s)  # sweep_s: per joint
 
     @property
     def done_s(self) -> float:
-        """When the sweep is over and the arm is back in the middle."""
-        return self.hold_s + self.sweep_s
+        """When every sweep is over and the arm is back in the middle."""
+        return self.hold_s + self.sweep_s * len(self.middle)
 
     def target(self, t: float) -> np.ndarray:
-        u = (t - self.hold_s) / self.sweep_s
-        if u <= 0 or u >= 1:
-            return self.middle.copy()
-        # middle -> high (first quarter), high -> low (half), low -> middle (last quarter),
-        # eased so that each end is reached at rest
-        legs = [(0.0, 0.25, self.middle, self.high), (0.25, 0.75, self.high, self.low),
-                (0.75, 1.0, self.low, self.middle)]
-        for start, end, a, b in legs:
-            if u <= end:
-                s = (1 - np.cos(np.pi * (u - start) / (end - start))) / 2
-                return a + (b - a) * s
-        return self.middle.copy()
+        pose = self.middle.copy()
+        j, u = divmod((t - self.hold_s) / self.sweep_s, 1.0)
+        if t <= self.hold_s or j >= len(pose):
+            return pose
+        j = int(j)
+        # middle -> high, a pause there, high -> low, a pause, low -> middle; eased, and the
+        # pauses let the joint settle against each end
+        legs = [(0.0, 0.2, pose[j], self.high[j]), (0.2, 0.35, self.high[j], self.high[j]),
+                (0.35, 0.65, self.high[j], self.low[j]), (0.65, 0.8, self.low[j], self.low[j]),
+                (0.8, 1.0, self.low[j], pose[j])]
+        start, end, a, b = next(leg for leg in legs if u <= leg[1])
+        pose[j] = a + (b - a) * (1 - np.cos(np.pi * (u - start) / (end - start))) / 2
+        return pose
 
 
 class TeleopPerson(Person):
