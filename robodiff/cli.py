@@ -24,7 +24,8 @@ COMMANDS: dict[str, str] = {
     "train": "train a policy on an episode store",
     "eval": "evaluate a policy in simulation (success rate, score, videos)",
     "deploy": "run a checkpoint on a robot in a real-time control loop",
-    "bench": "measure data loading, training and inference speed",
+    "hardware": "a physical arm: emulate its servo bus, calibrate it, find its port, set up its servos",
+    "bench": "measure data loading, training, inference, simulation and servo bus speed",
     "quickstart": "demos -> training -> evaluation in simulation, on CPU",
 }
 

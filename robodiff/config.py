@@ -34,8 +34,19 @@ def _override_key(message: str) -> str | None:
     return None
 
 
-def compose(command: str, overrides: list[str]) -> DictConfig:
-    """Compose `conf/<command>.yaml` with Hydra-style `key=value` overrides."""
+def settings_overrides(overrides: list[str], key: str) -> list[str]:
+    """`robot=so101 robot.port=/dev/ttyACM1`: a key that names something (a robot) and settings of
+    that thing under the same name. Hydra cannot hold both in one key, so the settings go to
+    `<key>_settings` (a mapping the command's config declares), where any key may be added."""
+    prefix = f"{key}."
+    return [f"+{key}_settings.{o[len(prefix):]}" if o.startswith(prefix) else o for o in overrides]
+
+
+def compose(command: str, overrides: list[str], settings_of: tuple[str, ...] = ()) -> DictConfig:
+    """Compose `conf/<command>.yaml` with Hydra-style `key=value` overrides; `settings_of` names
+    the keys whose dotted overrides are settings (`settings_overrides`)."""
+    for key in settings_of:
+        overrides = settings_overrides(overrides, key)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

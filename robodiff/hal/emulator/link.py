@@ -5,7 +5,8 @@ rates are accepted and ignored); `serve()` reads instructions byte for byte and 
 the `EmulatedArm`'s servos, in the order real servos answer. Faults a real bus shows can be
 switched on: `corrupt_rate` (a status packet with one byte changed), `drop_rate` (a status
 packet that never comes), `disconnect_after_s` (the port vanishes: the pty closes and the link
-goes), `silent` + `silent_after_s` (one servo stops answering).
+goes), `silent` + `silent_after_s` (one servo stops answering). `wired` says which servos are
+on the bus at all (setting an arm up connects one servo at a time).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class BusEmulator:
         self.corrupt_rate, self.drop_rate = float(corrupt_rate), float(drop_rate)
         self.disconnect_after_s = disconnect_after_s
         self.silent, self.silent_after_s = silent, float(silent_after_s)
+        self.wired: set[str] | None = None  # None: every servo of the arm
         self._rng = np.random.default_rng(seed)
         self._now = now
         self._master: int | None = None
@@ -124,7 +126,8 @@ class BusEmulator:
     # ---- the servos' side of the protocol ------------------------------------------------------
     def _answering(self) -> dict[int, Servo]:
         silenced = self.silent is not None and self._now() - self.started_at >= self.silent_after_s
-        return {s.id: s for name, s in self.arm.servos.items() if not (silenced and name == self.silent)}
+        return {s.id: s for name, s in self.arm.servos.items()
+                if not (silenced and name == self.silent) and (self.wired is None or name in self.wired)}
 
     def _answer(self, instruction: Packet) -> None:
         self.stats["instructions"] += 1

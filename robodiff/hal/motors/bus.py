@@ -92,6 +92,7 @@ class MotorBus(abc.ABC):
 
     BROADCAST: int
     TABLES: dict[str, RegisterTable]
+    BAUD_RATES: dict[int, int]  # Baud_Rate register value -> bits/s
 
     def __init__(self, port: str, motors: dict[str, Motor], *, baudrate: int, timeout_s: float,
                  retries: int, silent_reads: int,

@@ -16,6 +16,7 @@ FATAL = {bit: text for bit, text in fp.ERROR_BITS.items() if bit != 0x01}
 class FeetechBus(MotorBus):
     BROADCAST = fp.BROADCAST
     TABLES = fp.TABLES
+    BAUD_RATES = fp.BAUD_RATES
 
     def _ping_packet(self, servo_id: int) -> bytes:
         return fp.ping(servo_id)

@@ -62,6 +62,21 @@ def make_bus(hardware: HardwareSpec, settings: BusSettings,
                                     silent_reads=settings.silent_reads, open_port=open_port)
 
 
+def check_servos(bus: MotorBus, settings: BusSettings, arm: str) -> None:
+    """Every servo answers, is the model the YAML names, and the supply is what the arm runs on."""
+    names = list(bus.motors)
+    for name, number in bus.read_fresh("Model_Number", names).items():
+        table = bus.TABLES[bus.motors[name].model]
+        if number != table.model_number:
+            raise UserError(f"{settings.port}: servo '{name}' (id {bus.motors[name].id}) is model number {number}, "
+                            f"not the {table.model} ({table.model_number}) the arm has")
+    volts = np.array(list(bus.read_fresh("Present_Voltage", names).values())) / 10
+    low, high = settings.voltage
+    if not (low <= volts.min() and volts.max() <= high):
+        raise UserError(f"{settings.port}: the servos read {volts.min():.1f}-{volts.max():.1f} V, outside the "
+                        f"{low:g}-{high:g} V the {arm} arm runs on: check its power supply")
+
+
 class ArmBus:
     """`connect()`, then `positions()` in the arm's units; `bus` for everything else."""
 
@@ -88,18 +103,8 @@ class ArmBus:
             raise
 
     def _check(self) -> None:
-        bus, port = self.bus, self.settings.port
-        models = bus.read_fresh("Model_Number", self.names)
-        for name, number in models.items():
-            table = bus.TABLES[bus.motors[name].model]
-            if number != table.model_number:
-                raise UserError(f"{port}: servo '{name}' (id {bus.motors[name].id}) is model number {number}, "
-                                f"not the {table.model} ({table.model_number}) the arm has")
-        volts = np.array(list(bus.read_fresh("Present_Voltage", self.names).values())) / 10
-        low, high = self.settings.voltage
-        if not (low <= volts.min() and volts.max() <= high):
-            raise UserError(f"{port}: the servos read {volts.min():.1f}-{volts.max():.1f} V, outside the "
-                            f"{low:g}-{high:g} V the {self.arm} arm runs on: check its power supply")
+        bus = self.bus
+        check_servos(bus, self.settings, self.arm)
         for register, field in (("Homing_Offset", "homing_offset"), ("Min_Position_Limit", "range_min"),
                                 ("Max_Position_Limit", "range_max")):
             want = {n: getattr(c, field) for n, c in self.calibration.joints.items()}
