@@ -1,7 +1,6 @@
 """Helpers for tests on an emulated SO-101 bus: a clock the test moves, an emulator serving on a
 thread of the test process (`emulated`), and the calibration procedure run against one
-(`calibrate_emulated`, with its scripted person) so that the physical arm's driver finds a real
-calibration file."""
+(`calibrate_emulated`) so that the physical arm's driver finds a real calibration file."""
 
 from __future__ import annotations
 
@@ -11,8 +10,9 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from robodiff.hal.calibration import Calibration, calibration_path, record_calibration  # noqa: E402
-from robodiff.hal.emulator import BusEmulator, CalibrationPerson, EmulatedArm  # noqa: E402
+from robodiff.hal.calibration import Calibration  # noqa: E402
+from robodiff.hal.emulator import BusEmulator, EmulatedArm  # noqa: E402
+from robodiff.hal.emulator.calibrate import calibrate_emulated as emulator_calibration  # noqa: E402
 from robodiff.hal.hardware import load_hardware, motors_of  # noqa: E402
 from robodiff.hal.motors import FeetechBus  # noqa: E402
 
@@ -53,25 +53,7 @@ def bus_at(link: Path, retries: int = 3, silent_reads: int = 5, timeout_s: float
     return bus
 
 
-def calibrate_emulated(link: Path, arm_id: str, assembly_seed: int = 0, voltage_v: float = 12.0,
-                       units: str = "degrees") -> Calibration:
-    """`robodiff hardware calibrate`'s procedure against an emulated arm whose person does as told,
-    on a clock the helper moves (seconds of person time in a fraction of that); saved as `arm_id`."""
-    clock = FakeClock()
-    with emulated(link, now=clock, person=CalibrationPerson, assembly_seed=assembly_seed,
-                  voltage_v=voltage_v) as emulator:
-        bus = bus_at(link)
-        person = emulator.arm.person
-
-        def wait(_: str) -> None:  # the person reaches the middle pose, then presses Enter
-            clock.advance(1.0)
-            bus.read("Present_Position")
-
-        def done() -> bool:
-            return clock.t - emulator.arm.person_t0 > person.done_s + 0.5
-
-        joints = record_calibration(bus, {"wrist_roll"}, wait, lambda _: None, done, lambda: clock.advance(0.01))
-        bus.disconnect()
-    calibration = Calibration(joints, units, "gripper")
-    calibration.save(calibration_path(arm_id))
-    return calibration
+def calibrate_emulated(link: Path, arm_id: str, assembly_seed: int = 0, voltage_v: float = 12.0) -> Calibration:
+    """`robodiff hardware calibrate`'s procedure against the emulated arm with `assembly_seed`,
+    its person on a fast clock; saved as `arm_id` in the calibration directory."""
+    return emulator_calibration(load_hardware("so101"), link, arm_id, assembly_seed=assembly_seed, voltage_v=voltage_v)

@@ -68,6 +68,11 @@ def test_an_answer_with_a_silent_servo_keeps_the_others():
     expected = [(i, 2) for i in range(1, 7)]
     buf = b"".join(packets[i] for i in (1, 2, 4, 5, 6))
     assert sorted(fp.parse_statuses(buf, expected)) == [1, 2, 4, 5, 6]
+    # a packet damaged in place (same length) costs only itself
+    damaged = bytearray(packets[3])
+    damaged[5] ^= 0x10
+    buf = packets[1] + packets[2] + bytes(damaged) + packets[4] + packets[5] + packets[6]
+    assert sorted(fp.parse_statuses(buf, expected)) == [1, 2, 4, 5, 6]
     # out of order is not how servos answer: the one behind is dropped with what follows
     swapped = packets[2] + packets[1]
     assert sorted(fp.parse_statuses(swapped, expected)) == []

@@ -67,8 +67,14 @@ def test_a_wrap_point_inside_a_joints_travel_is_refused(tmp_path):
 
     with emulated(tmp_path / "arm", now=clock, person=crooked) as emulator:
         bus = bus_at(tmp_path / "arm")
+
+        def wait(_):  # a second for the person to reach the pose, the physics in small steps
+            for _ in range(100):
+                clock.advance(0.01)
+                bus.read("Present_Position")
+
         with pytest.raises(UserError, match="joint 'shoulder_pan': the encoder's wrap point lies inside its travel"):
-            record_calibration(bus, {"wrist_roll"}, lambda _: clock.advance(1.0), lambda _: None,
+            record_calibration(bus, {"wrist_roll"}, wait, lambda _: None,
                                lambda: clock.t - emulator.arm.person_t0 > emulator.arm.person.done_s,
                                lambda: clock.advance(0.01))
 
@@ -107,8 +113,9 @@ def test_the_follower_goes_where_it_is_sent_in_the_simulated_arms_units(calibrat
         assert robot.action_features["action"].units == "degrees" and robot.observation_features["state"].names == tuple(NAMES)
         before = arm.joint_radians()
         robot.connect()
-        clock.advance(0.5)
-        robot.get_observation()
+        for _ in range(50):
+            clock.advance(0.01)
+            robot.get_observation()
         np.testing.assert_allclose(arm.joint_radians(), before, atol=0.01)  # no jump at torque on
         gripper = arm.servos["gripper"]
         assert (gripper.get("Protection_Current"), gripper.get("Torque_Limit")) == (250, 500)

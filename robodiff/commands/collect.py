@@ -15,6 +15,7 @@ A `kind: physical` task runs on a physical robot (`robot=`, default the task's; 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -66,6 +67,7 @@ class CollectConfig:
     seed: int = bounded(ge=0)
     keep_failed: Optional[bool] = MISSING
     max_attempts: Optional[int] = bounded(ge=1)
+    realtime_priority: bool = MISSING
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     robot_settings: Dict[str, Any] = field(default_factory=dict)
 
@@ -86,15 +88,19 @@ def check_robot_features(task: TaskSpec, robot: Robot, robot_name: str) -> None:
 
 
 def collect(task: TaskSpec, robot: Robot, teleop: str, episodes: int, out: Path, seed: int, keep_failed: bool,
-            max_attempts: int, safety: Any) -> dict[str, Any]:
+            max_attempts: int, safety: Any, realtime_priority: bool = False) -> dict[str, Any]:
     """Record `episodes` kept episodes with `teleop` on the (unconnected) `robot`. A simulated
     task's attempt i is reset with seed + i and dropped when it fails unless `keep_failed`; a
-    physical task's episode lasts until the person ends it, at most `max_steps`."""
+    physical task's episode lasts until the person ends it, at most `max_steps`.
+    `realtime_priority`: a loop on the real clock runs under SCHED_FIFO where permitted (its work
+    is I/O; the recorder's writing runs on another thread)."""
     features = dict(task.features)
     simulated = isinstance(robot, TaskRobot)
     attempts = kept = successes = frames = 0
     interrupted = False
     store = recorder = None
+    timing: dict[str, Any] = {}
+    save_s: list[float] = []
     try:
         robot.connect()
         # Connect the device before touching the store: a missing terminal or device leaves no
@@ -107,7 +113,8 @@ def collect(task: TaskSpec, robot: Robot, teleop: str, episodes: int, out: Path,
             realtime = device.human or not simulated
             clock: Any = Clock(1.0 / task.fps) if realtime else SimulatedClock(1.0 / task.fps)
             filt = SafetyFilter(resolve_limits(robot, safety), dtype=robot.action_features["action"].dtype)
-            loop = EpisodeLoop(SafeRobot(robot, filt, None, None), clock, desc=f"collect {task.name}")
+            loop = EpisodeLoop(SafeRobot(robot, filt, None, None), clock, desc=f"collect {task.name}",
+                               realtime=realtime_priority and realtime)
             outcome = TaskOutcome(robot, task.max_steps, task.fps) if simulated else None
             duration_s = None if simulated else task.max_steps / task.fps
             source = TeleopSource(device, "action")
@@ -129,9 +136,12 @@ def collect(task: TaskSpec, robot: Robot, teleop: str, episodes: int, out: Path,
                         recorder.discard()
                     else:
                         frames += len(recorder)
+                        started = time.perf_counter()
                         recorder.commit()
+                        save_s.append(time.perf_counter() - started)
                         kept += 1
                         bar.update(1)
+                    timing = {k: v for k, v in stats.items() if k.startswith(("period", "overruns"))}  # run totals
                     if simulated:
                         bar.set_postfix(attempts=attempts, success=f"{successes / attempts:.2f}")
                     if ending == "quit":
@@ -154,7 +164,8 @@ def collect(task: TaskSpec, robot: Robot, teleop: str, episodes: int, out: Path,
     return {"out": str(out), "task": task.name, "teleop": teleop, "episodes": kept, "frames": frames,
             "attempts": attempts, "success_rate": (successes / attempts if attempts else 0.0) if simulated else None,
             "store_episodes": store.n_episodes, "store_frames": store.n_frames,
-            "interrupted": interrupted, **({} if simulated else robot.stats())}
+            "interrupted": interrupted, "save_s_max": round(max(save_s), 4) if save_s else None,
+            **(recorder.stats() if recorder is not None else {}), **timing, **({} if simulated else robot.stats())}
 
 
 SCHEMA = CollectConfig
@@ -185,7 +196,8 @@ def collect_with(cfg: Any) -> dict[str, Any]:
             raise UserError(f"task '{task.name}' is a {task.kind} task: collect records MuJoCo or physical tasks")
     keep_failed = (cfg.teleop != "expert") if cfg.keep_failed is None else bool(cfg.keep_failed)
     max_attempts = int(cfg.max_attempts or (2 * cfg.episodes + 10))
-    return collect(task, robot, cfg.teleop, cfg.episodes, out, cfg.seed, keep_failed, max_attempts, cfg.safety)
+    return collect(task, robot, cfg.teleop, cfg.episodes, out, cfg.seed, keep_failed, max_attempts, cfg.safety,
+                   bool(cfg.realtime_priority))
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:

@@ -1,8 +1,8 @@
 """`EpisodeRecorder`: episodes streamed into a store while they are recorded.
 
 The control loop hands each step to `add`, which never waits on disk: a writer thread appends the
-steps to the store's arrays as an uncommitted tail (data first, shape after; images a frame per
-chunk as they come, the other arrays in blocks of `LOWDIM_BLOCK` rows), so that when the episode
+steps to the store's arrays as an uncommitted tail (data first, shape after; images in blocks of
+`IMAGE_BLOCK` frames, a chunk each, the other arrays in blocks of `LOWDIM_BLOCK` rows), so that when the episode
 ends only what is still queued and the commit record are left to write: `commit()` takes well
 under a second however long the episode was, and memory holds the queue and one block per array,
 never the episode. Readers ignore the tail until `commit()` writes `meta/episode_ends` (the
@@ -26,6 +26,7 @@ import numpy as np
 from robodiff.data.store import EpisodeStore, append_data_first
 from robodiff.errors import StoreError
 
+IMAGE_BLOCK = 4  # frames of an image array written at a time (a chunk each, encoded side by side)
 LOWDIM_BLOCK = 256  # rows of a low-dim array written at a time (a chunk is rewritten per block)
 MAX_QUEUE_BYTES = 512 * 1024 * 1024  # ~9 s of two 640x480 cameras at 30 Hz
 _FLUSH, _STOP = "flush", "stop"
@@ -38,7 +39,7 @@ class EpisodeRecorder:
         self.store = store
         self.max_queue_bytes = int(max_queue_bytes)
         self._arrays = {key: store.array(key) for key in store.keys}  # opened here, written there
-        self._block = {key: 1 if f.kind == "image" else LOWDIM_BLOCK for key, f in store.features.items()}
+        self._block = {key: IMAGE_BLOCK if f.kind == "image" else LOWDIM_BLOCK for key, f in store.features.items()}
         self._queue: queue.Queue[Any] = queue.Queue()
         self._room = threading.Condition()
         self._queued_bytes = 0

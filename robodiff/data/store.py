@@ -73,7 +73,10 @@ numcodecs.register_codec(CheckedBlosc)
 
 def default_compressor() -> numcodecs.abc.Codec:
     # Lossless: demonstrations are the product; zstd via blosc is fast to decode in workers.
-    return CheckedBlosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    # Level 1: within 3 % of level 3's size on camera frames and simulated images, but several
+    # times faster to encode and faster to decode, which lets a recording of two 640x480 cameras
+    # at 30 Hz be compressed as it runs (docs/benchmarks.md, "Recording on hardware").
+    return CheckedBlosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
 def chunk_shape(feature: Feature) -> tuple[int, ...]:

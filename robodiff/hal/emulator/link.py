@@ -51,8 +51,9 @@ class BusEmulator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at: float | None = None
+        # times on the monotonic clock, which every process on the machine shares
         self.stats: dict[str, Any] = {"instructions": 0, "status_packets": 0, "corrupted": 0, "dropped": 0,
-                                      "last_instruction_t": None, "vanished_t": None}
+                                      "started_t": None, "last_instruction_t": None, "vanished_t": None}
 
     # ---- the port ------------------------------------------------------------------------------
     def open(self) -> str:
@@ -71,7 +72,7 @@ class BusEmulator:
         except OSError as exc:
             self._close_fds()
             raise UserError(f"link={self.link}: cannot create it ({exc.strerror})") from None
-        self.started_at = self._now()
+        self.started_at = self.stats["started_t"] = self._now()
         return pts
 
     def _close_fds(self) -> None:

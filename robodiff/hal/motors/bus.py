@@ -72,7 +72,10 @@ def open_serial(port: str, baudrate: int, timeout_s: float) -> Any:
     except ImportError:
         raise UserError("the servo bus needs pyserial (`pip install pyserial`, or robodiff[hardware])") from None
     try:
-        return serial.Serial(port, baudrate, timeout=timeout_s, write_timeout=timeout_s, exclusive=True)
+        # Reads time out; writes do not: pyserial raises "Write timeout" after a write that went
+        # out whole when the process was scheduled out for longer than the timeout meanwhile, and
+        # a few bytes to a serial adapter never wait (a vanished one fails at once instead).
+        return serial.Serial(port, baudrate, timeout=timeout_s, exclusive=True)
     except (serial.SerialException, OSError) as exc:
         code = getattr(exc, "errno", None)
         if code == errno.EACCES:

@@ -81,17 +81,22 @@ def parse_statuses(buf: bytes, expected: list[tuple[int, int]]) -> dict[int, Pac
     in the order the servos answer. A one-byte checksum alone lets a damaged packet through now
     and then (a byte inserted into a packet can shift a data byte into the checksum's place), so
     a packet is accepted only when it is exactly what its servo owes (id, length, error bit 7
-    clear, checksum) AND it is followed by the next expected packet or by the end of `buf`:
-    damage that changes where packets start always breaks one of those for the packet that took
-    it. A servo that did not answer at all leaves no gap, so the others still count.
+    clear, checksum) AND it is followed by the next expected packet, a damaged packet of the
+    right length in its place, or the end of `buf`: damage that changes where packets start
+    always breaks one of those for the packet that took it. A servo that did not answer at all
+    leaves no gap, so the others still count.
     """
     accepted: list[Packet] = []
     pos, queue = 0, list(expected)
     while queue:
-        frame = frame_at(buf, pos)
         ids = [servo_id for servo_id, _ in queue]
+        frame = frame_at(buf, pos)
         if frame is None or frame.id not in ids:
-            break
+            skip = _damaged_in_place(buf, pos, queue)
+            if skip is None:
+                break
+            pos, queue = pos + skip[0], queue[skip[1] + 1:]
+            continue
         k = ids.index(frame.id)
         if len(frame.params) != queue[k][1] or frame.code & 0x80:
             break
@@ -101,6 +106,20 @@ def parse_statuses(buf: bytes, expected: list[tuple[int, int]]) -> dict[int, Pac
     if pos != len(buf) and accepted:
         accepted.pop()  # what follows it is not a packet we expected: it may hold this one's damage
     return {p.id: p for p in accepted}
+
+
+def _damaged_in_place(buf: bytes, pos: int, queue: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """(size, index in `queue`) of a damaged packet at `pos` whose header, id and length are the
+    expected ones (a byte changed inside it, nothing inserted or lost), so the next one starts
+    right after it; None when there is no such packet."""
+    if len(buf) - pos < 6 or buf[pos:pos + 2] != HEADER:
+        return None
+    ids = [servo_id for servo_id, _ in queue]
+    if buf[pos + 2] not in ids:
+        return None
+    k = ids.index(buf[pos + 2])
+    size = queue[k][1] + 6
+    return (size, k) if buf[pos + 3] == queue[k][1] + 2 and pos + size <= len(buf) else None
 
 
 def next_instruction(buf: bytearray) -> Packet | None:
