@@ -171,3 +171,22 @@ def test_the_leader_reads_where_the_person_moves_it(calibrations, tmp_path):
         assert leader.stats()["leader_bus_stale_reads"] == 0
     with pytest.raises(UserError, match="teleop=leader: .* has no leader arm"):
         make_teleop("leader", make_robot("push_block"))
+
+
+def test_an_arm_yaml_of_ones_own(calibrations, tmp_path):
+    """`robot=path/to/my_so101.yaml`: another id (so another calibration) and a misspelt setting."""
+    import yaml
+
+    raw = dict(SIM.raw, model=str(SIM.model_path), id="my_arm", port=str(tmp_path / "arm"), cameras=None)
+    mine = tmp_path / "my_so101.yaml"
+    mine.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="no calibration at .*my_arm.json"):
+        make_robot(str(mine))
+    (calibrations["dir"] / "my_arm.json").write_text((calibrations["dir"] / "so101_follower.json").read_text())
+    with emulated(tmp_path / "arm"):
+        with make_robot(str(mine)) as robot:
+            assert robot.get_observation()["state"].shape == (6,)
+        raw["servo_settings"] = {"gripper": {"Protection_Curent": 250}}
+        mine.write_text(yaml.safe_dump(raw))
+        with pytest.raises(UserError, match="servo model sts3215 has no register 'Protection_Curent'"):
+            make_robot(str(mine)).connect()

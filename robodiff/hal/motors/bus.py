@@ -169,11 +169,6 @@ class MotorBus(abc.ABC):
         """The error that stopped the bus, if one did."""
         return self._fault
 
-    def set_baudrate(self, baudrate: int) -> None:
-        with self._lock:
-            self.baudrate = int(baudrate)
-            self._port.baudrate = self.baudrate
-
     # ---- registers ----------------------------------------------------------------------------
     def register(self, name: str, motor: str) -> Register:
         return self.TABLES[self.motors[motor].model][name]

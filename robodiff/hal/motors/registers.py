@@ -61,12 +61,9 @@ class RegisterTable:
 
     def __getitem__(self, name: str) -> Register:
         if name not in self._registers:
-            raise KeyError(f"servo model {self.model} has no register '{name}' "
+            raise UserError(f"servo model {self.model} has no register '{name}' "
                            f"(it has: {', '.join(self._registers)})")
         return self._registers[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._registers
 
     def __iter__(self):
         return iter(self._registers.values())
