@@ -131,4 +131,4 @@ def test_a_policy_the_follower_cannot_feed_is_refused_in_one_line(setup, sim_pol
                         "robot.cameras=null", "executor=sync", "duration_s=1")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "reads observation 'front' that robot 'so101' does not provide" in lines[0]
+    assert "reads 'front' that robot 'so101' does not provide" in lines[0]

@@ -30,7 +30,7 @@ from robodiff.control.sources import TeleopSource
 from robodiff.data.integrity import open_for_append
 from robodiff.data.recorder import EpisodeRecorder
 from robodiff.errors import UserError
-from robodiff.features import check_units
+from robodiff.features import check_provided
 from robodiff.hal import make_robot, make_teleop
 from robodiff.hal.base import Robot
 from robodiff.sim.env import TaskRobot, task_robot
@@ -77,14 +77,7 @@ def check_robot_features(task: TaskSpec, robot: Robot, robot_name: str) -> None:
     and units: a one-line error naming the first that does not, before anything moves."""
     theirs = {**robot.observation_features, **robot.action_features}
     for key, want in task.features.items():
-        have = theirs.get(key)
-        if have is None:
-            raise UserError(f"task '{task.name}' records '{key}', which robot '{robot_name}' does not have "
-                            f"(it has {', '.join(sorted(theirs))})")
-        if tuple(have.shape) != tuple(want.shape):
-            raise UserError(f"task '{task.name}' records '{key}' of shape {list(want.shape)}, robot "
-                            f"'{robot_name}' gives {list(have.shape)}")
-        check_units(key, want, have, f"robot '{robot_name}'")
+        check_provided(key, want, theirs, f"task '{task.name}'", f"robot '{robot_name}'")
 
 
 def collect(task: TaskSpec, robot: Robot, teleop: str, episodes: int, out: Path, seed: int, keep_failed: bool,

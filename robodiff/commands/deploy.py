@@ -22,7 +22,7 @@ from robodiff.control.safety import EStop, SafeRobot, SafetyConfig, SafetyFilter
 from robodiff.data.integrity import open_for_append
 from robodiff.data.recorder import EpisodeRecorder
 from robodiff.errors import ConfigError, UserError
-from robodiff.features import Feature, Features, check_units
+from robodiff.features import Feature, Features, check_provided, check_units
 from robodiff.hal import make_robot
 from robodiff.hal.base import Robot
 from robodiff.policy.checkpoint import load_policy, read_chunk_spec, read_policy_meta, require_guided_checkpoint
@@ -84,17 +84,9 @@ class DeployConfig:
 
 def check_features(policy: Any, robot: Robot, checkpoint: str, robot_name: str) -> None:
     """Every observation the policy reads and its action must exist on the robot, same shape."""
-    theirs = robot.observation_features
     for key in policy.obs_keys:
-        want = policy.features[key]
-        have = theirs.get(key)
-        if have is None:
-            raise UserError(f"checkpoint {checkpoint} reads observation '{key}' that robot "
-                            f"'{robot_name}' does not provide (it has {', '.join(sorted(theirs))})")
-        if tuple(have.shape) != tuple(want.shape):
-            raise UserError(f"checkpoint {checkpoint} expects observation '{key}' of shape "
-                            f"{list(want.shape)}, robot '{robot_name}' gives {list(have.shape)}")
-        check_units(key, want, have, f"robot '{robot_name}'")
+        check_provided(key, policy.features[key], robot.observation_features, f"checkpoint {checkpoint}",
+                       f"robot '{robot_name}'")
     want = policy.features[policy.action_key]
     have = robot.action_features.get("action")
     if have is None or tuple(have.shape) != tuple(want.shape):
