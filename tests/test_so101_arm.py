@@ -74,7 +74,7 @@ def test_a_wrap_point_inside_a_joints_travel_is_refused(tmp_path):
                 bus.read("Present_Position")
 
         with pytest.raises(UserError, match="joint 'shoulder_pan': the encoder's wrap point lies inside its travel"):
-            record_calibration(bus, {"wrist_roll"}, wait, lambda _: None,
+            record_calibration(bus, SIM, wait, lambda _: None,
                                lambda: clock.t - emulator.arm.person_t0 > emulator.arm.person.done_s,
                                lambda: clock.advance(0.01))
 
@@ -84,7 +84,7 @@ def test_an_offset_beyond_2047_is_refused_in_one_line(tmp_path):
         emulator.arm.mount[2] = 4095  # the elbow's horn a half turn round: its middle reads 4095
         bus = bus_at(tmp_path / "arm")
         with pytest.raises(UserError, match="joint 'elbow_flex': homing offset 2048 exceeds \\+-2047") as err:
-            record_calibration(bus, set(), lambda _: None, lambda _: None, lambda: True, lambda: None)
+            record_calibration(bus, SIM, lambda _: None, lambda _: None, lambda: True, lambda: None)
         assert "\n" not in str(err.value)
 
 

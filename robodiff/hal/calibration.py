@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from robodiff.errors import UserError
+from robodiff.hal.hardware import HardwareSpec
 from robodiff.hal.motors.bus import MotorBus
 from robodiff.paths import calibration_dir, write_text_atomic
 
@@ -46,10 +47,14 @@ def calibration_path(arm_id: str) -> Path:
 
 
 class Calibration:
-    """`to_units(raw)` and `to_raw(units)` for the joints in `names` order; `gripper` is the joint
-    in 0..100 whatever the convention."""
+    """`to_units(raw)` and `to_raw(units)` for the arm's joints, in the units its hardware YAML
+    names (`units:`); its kinematics' gripper is in 0..100 whatever the convention."""
 
-    def __init__(self, joints: dict[str, JointCalibration], convention: str, gripper: str | None) -> None:
+    def __init__(self, joints: dict[str, JointCalibration], hardware: HardwareSpec) -> None:
+        if hardware.units is None:
+            raise UserError(f"{hardware.path}: an arm on a servo bus needs 'units'")
+        convention = hardware.units.convention
+        gripper = hardware.kinematics.gripper if hardware.kinematics is not None else None
         self.joints = joints
         self.names = list(joints)
         self.convention = convention
@@ -66,7 +71,7 @@ class Calibration:
         elif convention == "range100":
             scale = 200.0 / span
         else:
-            raise UserError(f"units '{convention}': an arm calibration gives degrees or range100")
+            raise UserError(f"{hardware.path}: units '{convention}': an arm calibration gives degrees or range100")
         self._scale = np.where(self._is_gripper, 100.0 / span, scale)
         self._shift = np.where(self._is_gripper, 50.0, 0.0)
 
@@ -101,9 +106,9 @@ class Calibration:
         write_text_atomic(path, self.to_json())
 
     @classmethod
-    def load(cls, path: Path, names: list[str], convention: str, gripper: str | None,
-             hint: str) -> "Calibration":
-        """The calibration in `path` for the joints `names`; `hint` says how to make one."""
+    def load(cls, path: Path, hardware: HardwareSpec, hint: str) -> "Calibration":
+        """The calibration in `path` for the arm's joints; `hint` says how to make one."""
+        names = list(hardware.joints)
         if not path.is_file():
             raise UserError(f"no calibration at {path}: {hint}")
         try:
@@ -116,23 +121,24 @@ class Calibration:
             if not (0 <= c.range_min < c.range_max <= 4095 and abs(c.homing_offset) <= 2047):
                 raise UserError(f"{path}: joint '{name}' has range {c.range_min}..{c.range_max} and offset "
                                 f"{c.homing_offset} (need 0 <= min < max <= 4095, |offset| <= 2047); {hint}")
-        return cls(joints, convention, gripper)
+        return cls(joints, hardware)
 
 
-def record_calibration(bus: MotorBus, full_turn: set[str], wait: Callable[[str], None],
+def record_calibration(bus: MotorBus, hardware: HardwareSpec, wait: Callable[[str], None],
                        say: Callable[[str], None], done: Callable[[], bool],
-                       sleep: Callable[[], None]) -> dict[str, JointCalibration]:
+                       sleep: Callable[[], None]) -> Calibration:
     """Walk a person through calibrating the arm on `bus` (torque off, position mode):
 
     1. the middle pose -> homing offsets `position - 2047`, so the middle reads 2047 (refused
        beyond +-2047, which the servo cannot hold);
     2. every joint swept through its whole range while the positions are polled (`sleep`
-       between polls) until `done()` -> range min/max; a `full_turn` joint (wrist roll) gets the
-       whole turn 0..4095. A reading that jumps by more than half a turn between two polls crossed
+       between polls) until `done()` -> range min/max; a `full_turn: true` joint of the YAML
+       (the wrist roll) gets the whole turn 0..4095. A reading that jumps by more than half a turn between two polls crossed
        the encoder's wrap point, which must not lie inside a joint's travel.
     Offsets and limits are written to the servos. `wait(message)` blocks until the person is
     ready (Enter); `say` tells them what to do while the positions are polled."""
     names = list(bus.motors)
+    full_turn = {n for n, j in hardware.raw["joints"].items() if isinstance(j, dict) and j.get("full_turn")}
     bus.torque(False)
     bus.write_acked("Operating_Mode", dict.fromkeys(names, 0))
     bus.write_acked("Homing_Offset", dict.fromkeys(names, 0))
@@ -168,4 +174,5 @@ def record_calibration(bus: MotorBus, full_turn: set[str], wait: Callable[[str],
                             f"end of its range to the other, then press Enter")
     bus.write_acked("Min_Position_Limit", low)
     bus.write_acked("Max_Position_Limit", high)
-    return {n: JointCalibration(bus.motors[n].id, 0, offsets[n], low[n], high[n]) for n in names}
+    return Calibration({n: JointCalibration(bus.motors[n].id, 0, offsets[n], low[n], high[n]) for n in names},
+                       hardware)

@@ -11,7 +11,7 @@ from omegaconf import MISSING
 from robodiff.commands.hardware import enter_pressed, say, wait_for_enter
 from robodiff.config import bounded, compose, to_dict, validate
 from robodiff.errors import UserError
-from robodiff.hal.calibration import Calibration, calibration_path, record_calibration
+from robodiff.hal.calibration import calibration_path, record_calibration
 from robodiff.hal.hardware import HardwareSpec, load_hardware
 from robodiff.hal.robots.arm_bus import ARMS, BusSettings, check_servos, make_bus
 
@@ -44,27 +44,22 @@ def arm_bus_settings(cfg: Any) -> tuple[HardwareSpec, BusSettings]:
 def run(overrides: list[str], flags: set[str]) -> dict:
     cfg = load_config(overrides)
     hardware, settings = arm_bus_settings(cfg)
-    if hardware.units is None:
-        raise UserError(f"{hardware.path}: an arm on a servo bus needs 'units'")
-    full_turn = {n for n, j in hardware.raw["joints"].items() if isinstance(j, dict) and j.get("full_turn")}
     bus = make_bus(hardware, settings)
     bus.connect()
     try:
         check_servos(bus, settings, cfg.arm)
         say(f"Calibrating the {hardware.name} {cfg.arm} '{settings.arm_id}' on {settings.port}: its torque is "
             f"off now, move it by hand.")
-        joints = record_calibration(bus, full_turn, wait_for_enter, say, enter_pressed,
-                                    lambda: time.sleep(cfg.poll_s))
+        calibration = record_calibration(bus, hardware, wait_for_enter, say, enter_pressed,
+                                         lambda: time.sleep(cfg.poll_s))
     finally:
         bus.disconnect()
-    gripper = hardware.kinematics.gripper if hardware.kinematics is not None else None
-    calibration = Calibration(joints, hardware.units.convention, gripper)
     path = calibration_path(settings.arm_id)
     calibration.save(path)
     low, high = calibration.limits()
-    for (name, joint), lo, hi in zip(joints.items(), low, high):
+    for (name, joint), lo, hi in zip(calibration.joints.items(), low, high):
         say(f"  {name:14s} offset {joint.homing_offset:5d}  range {joint.range_min:4d}..{joint.range_max:4d}  "
             f"({lo:.1f} .. {hi:.1f} {calibration.convention})")
     say(f"saved {path}")
     return {"arm": cfg.arm, "id": settings.arm_id, "path": str(path),
-            "joints": {n: vars(j) for n, j in joints.items()}}
+            "joints": {n: vars(j) for n, j in calibration.joints.items()}}

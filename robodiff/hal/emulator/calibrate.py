@@ -5,14 +5,15 @@ emulated arm in a second instead of the person's twenty."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from robodiff.hal.calibration import Calibration, calibration_path, record_calibration
 from robodiff.hal.emulator.arm import EmulatedArm
 from robodiff.hal.emulator.link import BusEmulator
 from robodiff.hal.emulator.person import CalibrationPerson
-from robodiff.hal.hardware import HardwareSpec, motors_of
-from robodiff.hal.motors import BUSES
+from robodiff.hal.hardware import HardwareSpec
+from robodiff.hal.robots.arm_bus import BusSettings, make_bus
 
 POLL_S = 0.01  # person time between two readings (the emulator steps its physics to each)
 
@@ -33,8 +34,8 @@ def calibrate_emulated(hardware: HardwareSpec, link: Path, arm_id: str, *, assem
     arm = EmulatedArm(hardware, voltage_v=voltage_v, assembly_seed=assembly_seed, now=clock)
     person = arm.person = CalibrationPerson(arm.low, arm.high)
     emulator = BusEmulator(arm, link, now=clock).start()
-    bus = BUSES[str(hardware.raw["bus"]["protocol"])](str(link), motors_of(hardware), baudrate=1_000_000,
-                                                      timeout_s=0.5, retries=3, silent_reads=5)
+    # a generous timeout: the physics catches up with the clock before each answer
+    bus = make_bus(hardware, replace(BusSettings.of(hardware, "follower"), port=str(link), timeout_s=0.5))
     try:
         bus.connect()
 
@@ -49,12 +50,9 @@ def calibrate_emulated(hardware: HardwareSpec, link: Path, arm_id: str, *, assem
         def sleep() -> None:
             clock.t += POLL_S
 
-        full_turn = {n for n, j in hardware.raw["joints"].items() if isinstance(j, dict) and j.get("full_turn")}
-        joints = record_calibration(bus, full_turn, wait, lambda _: None, done, sleep)
+        calibration = record_calibration(bus, hardware, wait, lambda _: None, done, sleep)
     finally:
         bus.disconnect()
         emulator.close()
-    gripper = hardware.kinematics.gripper if hardware.kinematics is not None else None
-    calibration = Calibration(joints, hardware.units.convention, gripper)
     calibration.save(calibration_path(arm_id))
     return calibration

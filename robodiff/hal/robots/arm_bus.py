@@ -82,17 +82,13 @@ class ArmBus:
 
     def __init__(self, hardware: HardwareSpec, arm: str,
                  open_port: Callable[[str, int, float], Any] = open_serial) -> None:
-        if hardware.units is None:
-            raise UserError(f"{hardware.path}: an arm on a servo bus needs 'units'")
         self.hardware = hardware
         self.arm = arm
         self.settings = BusSettings.of(hardware, arm)
         self.bus = make_bus(hardware, self.settings, open_port)
         self.names = list(self.bus.motors)
-        gripper = hardware.kinematics.gripper if hardware.kinematics is not None else None
-        hint = (f"calibrate the {arm} arm first (`robodiff hardware calibrate robot={hardware.name} arm={arm}`)")
-        self.calibration = Calibration.load(calibration_path(self.settings.arm_id), self.names,
-                                            hardware.units.convention, gripper, hint)
+        hint = f"calibrate the {arm} arm first (`robodiff hardware calibrate robot={hardware.name} arm={arm}`)"
+        self.calibration = Calibration.load(calibration_path(self.settings.arm_id), hardware, hint)
 
     def connect(self) -> None:
         self.bus.connect()
