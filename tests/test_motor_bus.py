@@ -177,3 +177,17 @@ def test_values_outside_a_register_are_refused_before_sending(tmp_path):
             bus.write_acked("Homing_Offset", {"gripper": 3000})
         assert emulator.stats["instructions"] == sent
         assert np.all([v == 0 for v in bus.read_fresh("Homing_Offset", NAMES).values()])
+
+
+def test_the_emulator_survives_garbage_on_the_line(tmp_path):
+    """Noise on the bus (random bytes, headers of packets that never finish, writes past the
+    control table): the emulated servos resynchronise and the driver's retries get through."""
+    rng = np.random.default_rng(5)
+    with emulated(tmp_path / "arm") as emulator:
+        noise = os.open(tmp_path / "arm", os.O_WRONLY | os.O_NOCTTY)
+        os.write(noise, bytes(rng.integers(0, 256, 3000, dtype=np.uint8)) + fp.write(1, 250, b"\x01" * 20)
+                 + b"\xff\xff\x01\xf0\x03")
+        os.close(noise)
+        bus = bus_at(tmp_path / "arm")
+        assert bus.read_fresh("Present_Position", NAMES) == truth(emulator)
+        assert emulator.arm.servos["shoulder_pan"].get("Model_Number") == 777

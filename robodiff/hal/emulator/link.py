@@ -29,6 +29,10 @@ from robodiff.hal.motors import feetech_protocol as fp
 from robodiff.hal.motors.bus import Packet
 
 POLL_S = 0.002  # physics catches up at least this often while the bus is quiet
+# A frame's bytes come back to back (a 250-byte packet takes 2.5 ms at 1 Mbaud): a frame still
+# incomplete this long after the last byte came never will be, and a servo forgets it (else a
+# stray header would swallow the instructions after it). On the wall clock, whatever the physics'.
+FRAME_GAP_S = 0.005
 
 
 class BusEmulator:
@@ -48,6 +52,7 @@ class BusEmulator:
         self._master: int | None = None
         self._slave: int | None = None
         self._buf = bytearray()
+        self._last_rx = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at: float | None = None
@@ -100,8 +105,11 @@ class BusEmulator:
             self.arm.update()
             if ready:
                 self._buf += os.read(self._master, 4096)
+                self._last_rx = time.monotonic()
                 while (instruction := fp.next_instruction(self._buf)) is not None:
                     self._answer(instruction)
+            elif self._buf and time.monotonic() - self._last_rx > FRAME_GAP_S:
+                self._buf.clear()
 
     def start(self) -> "BusEmulator":
         """Serve on a thread (tests); `close()` stops it."""

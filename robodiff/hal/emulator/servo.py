@@ -50,6 +50,8 @@ class Servo:
         """Store `data` at `address`; the names of the registers it touched. Bytes that no
         register can hold (a value out of range) are ignored, as the firmware ignores them."""
         end = address + len(data)
+        if end > len(self.memory):
+            return set()  # past the control table: nothing there to write
         touched = {r for r in self.table if r.address < end and address < r.address + r.size}
         before = bytes(self.memory)
         self.memory[address:end] = data
