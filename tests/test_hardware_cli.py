@@ -146,3 +146,33 @@ def test_setup_motors_names_a_port_that_is_not_there():
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == \
         "robodiff hardware: error: /nonexistent/tty: no such port (is the arm plugged in and powered? " \
         "`robodiff hardware find-port` finds it)"
+
+
+def test_a_leader_replays_a_recorded_trajectory(tmp_path):
+    """`hardware emulate arm=leader trajectory=STORE`: the person moves the joints as recorded
+    (in the units the store declares), and the leader reads that back through its bus."""
+    import numpy as np
+
+    from robodiff.commands.hardware.emulate import recorded
+    from robodiff.data.store import EpisodeStore
+    from robodiff.features import Feature
+    from tests.emulated_arm import FakeClock, bus_at
+
+    hardware = load_hardware("so101")
+    t = np.arange(0, 3, 1 / 30)
+    state = np.stack([20 * np.sin(t), -15 * t, 10 * np.cos(t), 5 * t, 30 * np.sin(2 * t), 50 + 20 * np.sin(t)], 1)
+    features = {"state": Feature("lowdim", (6,), units="degrees"), "action": Feature("action", (6,), units="degrees"),
+                "timestamp": Feature("timestamp", (), "float64")}
+    with EpisodeStore.create(tmp_path / "rec.zarr", features, fps=30) as store:
+        store.append_episode({"state": state.astype(np.float32), "action": state.astype(np.float32), "timestamp": t})
+    person = recorded(str(tmp_path / "rec.zarr"), 0, hardware)
+    np.testing.assert_allclose(hardware.units.to_units(person.target(1.5)), state[45], atol=1e-3)
+    clock = FakeClock()
+    with emulated(tmp_path / "leader", now=clock, person=lambda low, high: person) as emulator:
+        bus = bus_at(tmp_path / "leader")
+        bus.torque(False)  # the person starts when the program lets go of the arm
+        for _ in range(150):
+            clock.advance(0.01)
+            bus.read("Present_Position")
+        joints = hardware.units.to_units(emulator.arm.joint_radians())
+    np.testing.assert_allclose(joints[:4], state[45, :4], atol=2.0)  # followed by hand, a little behind

@@ -16,10 +16,10 @@ import numpy as np
 from robodiff.hal.base import Teleop, robot_limits
 from robodiff.hal.teleop.gamepad import GamepadTeleop
 from robodiff.hal.teleop.keyboard import ArmKeyboardTeleop, KeyboardTeleop
-from robodiff.hal.teleop.leader import LeaderTeleop, leader_arm
+from robodiff.hal.teleop.leader import SO101Leader, leader_arm
 from robodiff.hal.teleop.spacemouse import SpaceMouseTeleop
 
-__all__ = ["TELEOPS", "KeyboardTeleop", "ArmKeyboardTeleop", "SpaceMouseTeleop", "GamepadTeleop", "LeaderTeleop"]
+__all__ = ["TELEOPS", "KeyboardTeleop", "ArmKeyboardTeleop", "SpaceMouseTeleop", "GamepadTeleop", "SO101Leader"]
 
 
 def keyboard(robot: Any, action_key: str) -> Teleop:

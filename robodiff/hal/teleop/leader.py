@@ -1,4 +1,5 @@
-"""The leader arm as a teleop device: a person moves it by hand, its joint positions are the action.
+"""`SO101Leader`: the leader arm as a teleop device: a person moves it by hand, its joint positions
+are the action.
 
 The leader has the follower's joints and servos (geared to back-drive by hand), its own bus, port
 and calibration (`leader:` in the hardware YAML). Its torque stays off; its positions are read in
@@ -22,7 +23,7 @@ from robodiff.hal.robots.arm_bus import ArmBus
 from robodiff.hal.teleop.terminal import EVENT_HELP, TerminalKeys, episode_events
 
 
-class LeaderTeleop(Teleop):
+class SO101Leader(Teleop):
     human = True
     help = f"move the leader arm; {EVENT_HELP}"
 
@@ -69,13 +70,13 @@ class LeaderTeleop(Teleop):
         return {f"leader_{k}": v for k, v in self.arm.bus.stats().items()}
 
 
-def leader_arm(robot: Any, action_key: str = "action") -> LeaderTeleop:
+def leader_arm(robot: Any, action_key: str = "action") -> SO101Leader:
     """`teleop=leader` for `robot`: the leader described in the robot's hardware YAML (`leader:`)."""
     hardware = getattr(robot, "hardware", None)
     if not isinstance(hardware, HardwareSpec) or "leader" not in hardware.raw:
         raise UserError(f"teleop=leader: {getattr(robot, 'name', 'this robot')} has no leader arm "
                         f"(its hardware YAML has no 'leader' block)")
-    leader = LeaderTeleop(hardware, action_key)
+    leader = SO101Leader(hardware, action_key)
     theirs = robot.action_features[action_key]
     if theirs.units != leader.action_features[action_key].units or theirs.shape != leader._feature.shape:
         raise UserError(f"teleop=leader gives {list(leader._feature.shape)} joints in {leader._feature.units}, "
