@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,10 @@ def test_memory_is_bounded_by_the_queue(tmp_path, monkeypatch):
     recorder = EpisodeRecorder(store, max_queue_bytes=5 * step_bytes)
     adder = threading.Thread(target=lambda: [recorder.add(r) for r in rows])
     adder.start()
-    adder.join(timeout=2.0)
+    for _ in range(6000):  # until add waits for room (a condition, not a time: 60 s is only a cap)
+        if recorder.waits or not adder.is_alive():
+            break
+        time.sleep(0.01)
     # waits for the disk instead of holding 40 steps: the queue's 5 and the block being written
     assert adder.is_alive() and len(recorder) <= 5 + recorder_module.IMAGE_BLOCK + 1
     assert recorder._queued_bytes <= 5 * step_bytes and recorder.waits >= 1
