@@ -90,6 +90,11 @@ def test_collect_with_the_leader_arm_between_two_emulators(setup, tmp_path):
     assert np.all(moved[:4] > 5), moved  # the person moved the leader; what was sent follows it
     lag = np.abs(ep["state"][5:, :4] - ep["action"][5:, :4])
     assert np.median(lag) < 10, lag.max(axis=0)  # the follower followed (the figure is in benchmarks.md)
+    # what was recorded trains for the physical task (no simulator: no rollouts)
+    proc = robodiff(setup, "train", f"dataset={out}", f"run_dir={tmp_path / 'run'}",
+                    *[f"task={task}" if a.startswith("task=") else a for a in TRAIN])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_dir()
 
 
 @pytest.fixture(scope="module")
