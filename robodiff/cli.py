@@ -24,7 +24,8 @@ COMMANDS: dict[str, str] = {
     "distill": "distil a diffusion policy into a student that samples in 1-4 steps",
     "eval": "evaluate a policy in simulation (success rate, score, videos)",
     "deploy": "run a checkpoint on a robot in a real-time control loop",
-    "bench": "measure data loading, training and inference speed",
+    "hardware": "a physical arm: emulate its servo bus, calibrate it, find its port, set up its servos",
+    "bench": "measure data loading, training, inference, simulation and servo bus speed",
     "quickstart": "demos -> training -> evaluation in simulation, on CPU",
 }
 

@@ -34,11 +34,22 @@ def _override_key(message: str) -> str | None:
     return None
 
 
-def compose(command: str, overrides: list[str]) -> DictConfig:
-    """Compose `conf/<command>.yaml` with Hydra-style `key=value` overrides. `key=` with nothing
-    after it unsets the key (null), as a user writing it means, rather than Hydra's empty string
-    (which a path would turn into the current directory)."""
+def settings_overrides(overrides: list[str], key: str) -> list[str]:
+    """`robot=so101 robot.port=/dev/ttyACM1`: a key that names something (a robot) and settings of
+    that thing under the same name. Hydra cannot hold both in one key, so the settings go to
+    `<key>_settings` (a mapping the command's config declares), where any key may be added."""
+    prefix = f"{key}."
+    return [f"+{key}_settings.{o[len(prefix):]}" if o.startswith(prefix) else o for o in overrides]
+
+
+def compose(command: str, overrides: list[str], settings_of: tuple[str, ...] = ()) -> DictConfig:
+    """Compose `conf/<command>.yaml` with Hydra-style `key=value` overrides; `settings_of` names
+    the keys whose dotted overrides are settings (`settings_overrides`). `key=` with nothing after
+    it unsets the key (null), as a user writing it means, rather than Hydra's empty string (which a
+    path would turn into the current directory)."""
     overrides = [f"{item}null" if item.endswith("=") and item.count("=") == 1 else item for item in overrides]
+    for key in settings_of:
+        overrides = settings_overrides(overrides, key)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -88,3 +88,14 @@ def check_units(key: str, ours: Feature, theirs: Feature, who: str) -> None:
             return f"units '{units}'" if units else "no stated units"
         raise UserError(f"feature '{key}': the checkpoint's is in {say(ours.units)}, {who}'s in "
                         f"{say(theirs.units)}; a policy runs only on a robot in its own units")
+
+
+def check_provided(key: str, want: Feature, theirs: Features, asker: str, who: str) -> None:
+    """`theirs` (what `who` provides, e.g. a robot's features) holds `key` in the shape and units
+    `asker` (a checkpoint, a task) needs: else one line naming the key."""
+    have = theirs.get(key)
+    if have is None:
+        raise UserError(f"{asker} reads '{key}' that {who} does not provide (it has {', '.join(sorted(theirs))})")
+    if tuple(have.shape) != tuple(want.shape):
+        raise UserError(f"{asker} expects '{key}' of shape {list(want.shape)}, {who} gives {list(have.shape)}")
+    check_units(key, want, have, who)

@@ -30,6 +30,16 @@ def resolve_yaml(kind: str, name: str) -> Path:
     return path
 
 
+def calibration_dir() -> Path:
+    """Where arm calibrations are kept, one JSON per arm id: `$ROBODIFF_CALIBRATION_DIR`, else
+    `$XDG_CONFIG_HOME/robodiff/calibration` (`~/.config/robodiff/calibration`): the user's, never
+    inside the installed package."""
+    if os.environ.get("ROBODIFF_CALIBRATION_DIR"):
+        return Path(os.environ["ROBODIFF_CALIBRATION_DIR"])
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "robodiff" / "calibration"
+
+
 @contextmanager
 def replaced(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix, so writers that go by it still work);

@@ -86,3 +86,32 @@ def test_bad_period_and_unstarted_clock():
         Clock(0)
     with pytest.raises(RuntimeError):
         Clock(0.1).tick()
+
+
+def test_a_thread_that_was_real_time_already_gets_its_own_priority_back():
+    """A native library (SVT-AV1's encoder, for one) may leave a thread in SCHED_FIFO; the loop's
+    priority boost must put it back as it was, not fail restoring SCHED_FIFO with priority 0."""
+    import os
+    import threading
+
+    from robodiff.control.clock import realtime_priority, restore_priority
+
+    seen = []
+
+    def thread() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+        except OSError:
+            seen.append("not permitted")
+            return
+        previous = realtime_priority()
+        seen.append(os.sched_getparam(0).sched_priority)
+        restore_priority(previous)
+        seen.append((os.sched_getscheduler(0), os.sched_getparam(0).sched_priority))
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join()
+    if seen == ["not permitted"]:
+        pytest.skip("SCHED_FIFO is not permitted here")
+    assert seen == [10, (os.SCHED_FIFO, 5)]

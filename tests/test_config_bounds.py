@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from robodiff.cli import COMMANDS
 from robodiff.commands.bench import BENCHES
+from robodiff.commands.hardware import SUBCOMMANDS as HARDWARE, module as hardware_module
 from robodiff.errors import ConfigError
 from robodiff.policy.schema import SCHEMAS as POLICY_SCHEMAS
 
@@ -28,6 +29,9 @@ def command_modules() -> dict[str, Any]:
         if command == "bench":
             for bench in BENCHES:
                 out[f"bench {bench}"] = importlib.import_module(f"robodiff.bench.{bench}")
+        elif command == "hardware":
+            for sub in HARDWARE:
+                out[f"hardware {sub}"] = hardware_module(sub)
         elif command != "dataset":  # its only number (episode=K) is parsed and checked by hand
             out[command] = importlib.import_module(f"robodiff.commands.{command}")
     return out
@@ -74,7 +78,8 @@ CASES = cases()
 
 def test_every_command_has_a_schema_and_numbers_to_check():
     assert {c[0] for c in CASES} >= {"collect", "train", "eval", "deploy", "quickstart", "bench data",
-                                      "bench train", "bench inference", "bench sim", "bench latency"}
+                                      "bench train", "bench inference", "bench sim", "bench latency",
+                                      "hardware emulate", "hardware calibrate"}
     assert len(CASES) > 100
 
 

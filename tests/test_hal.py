@@ -26,10 +26,12 @@ def test_hardware_yaml_loads_and_rejects_bad_keys(tmp_path):
         load_hardware(str(bad))
 
 
-def test_unavailable_driver_and_unknown_name_are_clear_errors():
+def test_unavailable_driver_and_unknown_name_are_clear_errors(tmp_path):
     assert load_hardware("so101").raw["bus"]["baudrate"] == 1_000_000
-    with pytest.raises(UserError, match="so101.*driver 'feetech'"):
-        make_robot("so101")
+    koch = tmp_path / "koch.yaml"
+    koch.write_text("name: koch\ndriver: dynamixel\n")
+    with pytest.raises(UserError, match="koch.*driver 'dynamixel', which is not available"):
+        make_robot(str(koch))
     with pytest.raises(UserError, match="unknown robot 'nope'"):
         make_robot("nope")
 

@@ -83,8 +83,9 @@ def test_a_unit_entry_missing_or_wrong_is_named(tmp_path, arm):
         hardware.with_units("turns")
 
 
-def test_so101_means_the_physical_arm():
-    with pytest.raises(UserError, match="so101.*driver 'feetech'.*not available"):
+def test_so101_means_the_physical_arm(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBODIFF_CALIBRATION_DIR", str(tmp_path))
+    with pytest.raises(UserError, match="no calibration at .*so101_follower.json: calibrate the follower arm first"):
         make_robot("so101")
 
 

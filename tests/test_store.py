@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import zarr
 
-from robodiff.data.store import EpisodeRecorder, EpisodeStore
+from robodiff.data.recorder import EpisodeRecorder
+from robodiff.data.store import EpisodeStore
 from robodiff.errors import StoreError
 from robodiff.features import Feature
 

@@ -64,7 +64,7 @@ def test_keyboard_without_a_tty_is_a_clear_user_error():
 def test_devices_that_cannot_drive_this_robot_answer_with_one_line(name):
     assert name in TELEOPS
     with pytest.raises(UserError, match=f"teleop={name}") as err:
-        make_teleop(name, robot=None)  # the leader arm is not built; the others need an arm
+        make_teleop(name, robot=None)  # each needs an arm (the leader: one whose YAML has a leader)
     assert "\n" not in str(err.value)
 
 

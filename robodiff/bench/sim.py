@@ -10,15 +10,14 @@ they end (reset time is included, as in evaluation).
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from omegaconf import MISSING, DictConfig
 
+from robodiff.bench import machine
 from robodiff.config import bounded, compose, validate
 from robodiff.hal.hardware import read_yaml
 from robodiff.paths import asset_dir
@@ -78,15 +77,5 @@ def run(overrides: list[str], flags: set[str]) -> dict:
         print(f"{task}: {results[task]['steps_per_s_render']} control steps/s rendering {', '.join(cameras)} "
               f"({results[task]['realtime_factor_render']}x real time at {spec.fps:g} fps), "
               f"{results[task]['steps_per_s_no_render']} without")
-    return {"bench": "sim", "steps": steps, "tasks": results, "machine": _machine(),
+    return {"bench": "sim", "steps": steps, "tasks": results, "machine": machine(),
             "mujoco_gl": os.environ.get("MUJOCO_GL", ""), "date": time.strftime("%Y-%m-%d", time.gmtime())}
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores"

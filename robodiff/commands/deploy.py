@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ from robodiff.control.executors import check_executor, check_n_action_steps, mak
 from robodiff.control.loop import EpisodeLoop
 from robodiff.control.safety import EStop, SafeRobot, SafetyConfig, SafetyFilter, resolve_limits
 from robodiff.data.integrity import open_for_append
-from robodiff.data.store import EpisodeRecorder
+from robodiff.data.recorder import EpisodeRecorder
 from robodiff.errors import ConfigError, UserError
-from robodiff.features import Feature, Features, check_units
+from robodiff.features import Feature, Features, check_provided, check_units
 from robodiff.hal import make_robot
 from robodiff.hal.registry import ROBOTS
 from robodiff.hal.base import Robot
@@ -37,10 +37,11 @@ from robodiff.train.distributed import pick_device
 
 HELP = """
 usage: robodiff deploy checkpoint=PATH robot=R [executor=sync|async|rtc|ensemble] [duration_s=S]
-                       [episodes=N] [record=PATH] [key=value ...] [--json]
+                       [episodes=N] [record=PATH] [robot.<key>=...] [key=value ...] [--json]
 
 Runs a checkpoint on a robot in a real-time receding-horizon loop. R is a hardware YAML (name or
-path) or a simulated task name (the run then ends with the episode and reports success and score).
+path; e.g. robot=so101 robot.port=/dev/ttyACM0, the physical arm) or a simulated task name (the
+run then ends with the episode and reports success and score).
 
   executor=async      inference in the background, next chunk spliced in on time (default)
   executor=sync       inference on the control thread; the robot holds meanwhile
@@ -86,21 +87,14 @@ class DeployConfig:
     torch_threads: Optional[int] = bounded(ge=1)
     realtime_priority: bool = MISSING
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    robot_settings: Dict[str, Any] = field(default_factory=dict)
 
 
 def check_features(policy: Any, robot: Robot, checkpoint: str, robot_name: str) -> None:
     """Every observation the policy reads and its action must exist on the robot, same shape."""
-    theirs = robot.observation_features
     for key in policy.obs_keys:
-        want = policy.features[key]
-        have = theirs.get(key)
-        if have is None:
-            raise UserError(f"checkpoint {checkpoint} reads observation '{key}' that robot "
-                            f"'{robot_name}' does not provide (it has {', '.join(sorted(theirs))})")
-        if tuple(have.shape) != tuple(want.shape):
-            raise UserError(f"checkpoint {checkpoint} expects observation '{key}' of shape "
-                            f"{list(want.shape)}, robot '{robot_name}' gives {list(have.shape)}")
-        check_units(key, want, have, f"robot '{robot_name}'")
+        check_provided(key, policy.features[key], robot.observation_features, f"checkpoint {checkpoint}",
+                       f"robot '{robot_name}'")
     want = policy.features[policy.action_key]
     have = robot.action_features.get("action")
     if have is None or tuple(have.shape) != tuple(want.shape):
@@ -116,10 +110,12 @@ def record_features(robot: Robot) -> Features:
     return features
 
 
-def build_robot(name: str, seed: int, fps: float | None) -> tuple[Robot, TaskOutcome | None]:
-    """`make_robot(name, realtime=True)` (hardware names first); a simulated task's robot comes
-    with its outcome, so the run ends with the episode and reports success and score."""
-    robot = make_robot(name, realtime=True, seed=seed, fps=fps)
+def build_robot(name: str, seed: int, fps: float | None,
+                settings: dict[str, Any] | None = None) -> tuple[Robot, TaskOutcome | None]:
+    """`make_robot(name, realtime=True)` (hardware names first, with the run's `robot.<key>=`
+    settings); a simulated task's robot comes with its outcome, so the run ends with the episode
+    and reports success and score."""
+    robot = make_robot(name, settings=settings, realtime=True, seed=seed, fps=fps)
     if isinstance(robot, TaskRobot):
         return robot, TaskOutcome(robot, robot.task.max_steps, robot.task.fps)
     return robot, None
@@ -204,6 +200,7 @@ def deploy(policy: Any, robot: Robot, cfg: DeployConfig | Any, fps: float, n_act
             estop.uninstall()
         executor.close()
         if recorder is not None:
+            recorder.close()
             empty = recorder.store.n_episodes == 0
             recorder.store.close()
             if created and empty:
@@ -255,7 +252,7 @@ SCHEMA = DeployConfig
 
 
 def load_config(overrides: list[str]) -> Any:
-    return validate(compose("deploy", overrides), DeployConfig)
+    return validate(compose("deploy", overrides, settings_of=("robot",)), DeployConfig)
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any]:
@@ -288,7 +285,7 @@ def run(args: list[str], overrides: list[str], flags: set[str]) -> dict[str, Any
             require_guided_checkpoint(checkpoint, cfg.sampling_steps)  # before the inference process loads it
         make_policy = functools.partial(load_seeded_policy, checkpoint, device, cfg.ema, cfg.seed,
                                         cfg.sampling_steps)
-    robot, outcome = build_robot(robot_name, cfg.seed, fps)
+    robot, outcome = build_robot(robot_name, cfg.seed, fps, to_dict(cfg.robot_settings))
     # A simulated task runs at its own rate when neither the run nor the checkpoint names one.
     fps = fps or getattr(robot, "fps", None)
     if fps is None:

@@ -52,7 +52,8 @@ def train_with(cfg: DictConfig) -> dict[str, Any]:
     if task is None:
         return train(cfg)
     spec = load_task(task)
-    return train(cfg, spec.name, list(spec.policy_inputs), rollout_for(task, cfg.eval))
+    rollout = None if spec.kind == "physical" else rollout_for(task, cfg.eval)  # no simulator to roll out in
+    return train(cfg, spec.name, list(spec.policy_inputs), rollout)
 
 
 SCHEMA = TrainConfig

@@ -36,12 +36,15 @@ def precise_wait(deadline: float, now: Callable[[], float] = time.monotonic,
         pass
 
 
-def realtime_priority(priority: int = 10) -> int | None:
+def realtime_priority(priority: int = 10) -> tuple[int, os.sched_param] | None:
     """Put the calling thread in SCHED_FIFO so that its wake-ups are not queued behind other work
-    on a loaded machine. Returns the policy to restore, or None where that is not permitted."""
+    on a loaded machine. Returns the policy and parameters to restore, or None where that is not
+    permitted."""
     if not hasattr(os, "sched_setscheduler"):
         return None
-    previous = os.sched_getscheduler(0)
+    # The parameters too: a thread that was real-time already (a native library may have made it
+    # so) goes back to its own priority, which SCHED_OTHER's 0 is not.
+    previous = (os.sched_getscheduler(0), os.sched_getparam(0))
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     except (PermissionError, OSError):
@@ -49,9 +52,9 @@ def realtime_priority(priority: int = 10) -> int | None:
     return previous
 
 
-def restore_priority(previous: int | None) -> None:
+def restore_priority(previous: tuple[int, os.sched_param] | None) -> None:
     if previous is not None:
-        os.sched_setscheduler(0, previous, os.sched_param(0))
+        os.sched_setscheduler(0, *previous)
 
 
 def percentiles_ms(values: list[float], prefix: str) -> dict[str, float]:

@@ -38,7 +38,7 @@ class SafetyConfig:
 
     low: Optional[list[float]] = unbounded()
     high: Optional[list[float]] = unbounded()
-    rate_limit: bool = MISSING
+    rate_limit: Optional[bool] = MISSING  # None: on when the robot publishes a per-step bound
     max_delta: Optional[Any] = bounded(gt=0)  # one bound for every joint, or a list of them
     max_delta_fraction: float = bounded(gt=0, le=1)
     watchdog_s: Optional[float] = bounded(gt=0)
@@ -84,7 +84,8 @@ class ActionLimits:
 
 def resolve_limits(robot: Robot, safety: Any, action_key: str = "action") -> ActionLimits:
     """`safety` is the run's `safety.*` block: its values win over the robot's; without a
-    per-step bound, `max_delta_fraction` of the range; no bound at all with `rate_limit` off."""
+    per-step bound, `max_delta_fraction` of the range; no bound at all with `rate_limit` off, and
+    with `rate_limit` None, the robot's bound if it publishes one (a physical arm)."""
     published = robot_limits(robot, action_key)
     low = _floats(safety.low) if safety.low is not None else published.get("low")
     high = _floats(safety.high) if safety.high is not None else published.get("high")
@@ -98,7 +99,8 @@ def resolve_limits(robot: Robot, safety: Any, action_key: str = "action") -> Act
                               f"'{getattr(robot, 'name', '?')}' actions have {dim}")
     if np.any(np.broadcast_to(np.asarray(low, np.float64), (dim,)) > np.broadcast_to(np.asarray(high, np.float64), (dim,))):
         raise ConfigError(f"safety limits: low {list(np.atleast_1d(low))} above high {list(np.atleast_1d(high))}")
-    if not safety.rate_limit:
+    rate_limit = "max_delta" in published if safety.rate_limit is None else bool(safety.rate_limit)
+    if not rate_limit:
         return ActionLimits(np.asarray(low), np.asarray(high))
     max_delta = _floats(safety.max_delta) if safety.max_delta is not None else published.get("max_delta")
     if max_delta is None:
@@ -337,5 +339,6 @@ class SafeRobot:
             self._thread.join(timeout=2.0)
             self._thread = None
 
-    def stats(self) -> dict[str, int]:
-        return {"watchdog_trips": self.watchdog_trips, "holds": self.holds, **self.filter.stats()}
+    def stats(self) -> dict[str, Any]:
+        return {"watchdog_trips": self.watchdog_trips, "holds": self.holds, **self.filter.stats(),
+                **self.robot.stats()}

@@ -74,7 +74,10 @@ numcodecs.register_codec(CheckedBlosc)
 
 def default_compressor() -> numcodecs.abc.Codec:
     # Lossless: demonstrations are the product; zstd via blosc is fast to decode in workers.
-    return CheckedBlosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    # Level 1: within 3 % of level 3's size on camera frames and simulated images, but several
+    # times faster to encode and faster to decode, which lets a recording of two 640x480 cameras
+    # at 30 Hz be compressed as it runs (docs/benchmarks.md, "Recording on hardware").
+    return CheckedBlosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
 def chunk_shape(feature: Feature) -> tuple[int, ...]:
@@ -560,6 +563,20 @@ class EpisodeStore:
             if tuple(arrays[key].shape[1:]) != feat.shape:
                 raise StoreError(f"{self.path}: '{key}' has shape {list(arrays[key].shape[1:])} per step, "
                                  f"the store expects {list(feat.shape)}")
+        start = self.begin_episode()
+        with interrupts_deferred():
+            with self._taken_back_on_failure(start):
+                for key, arr in arrays.items():
+                    # The array's own dtype: a foreign store's inferred features may be narrower.
+                    self.array(key).append(arr.astype(self.array(key).dtype, copy=False), axis=0)
+                append_data_first(self._ends_array(), np.array([start + length], dtype=np.int64))
+            self._count_committed()
+        return self.n_episodes - 1
+
+    def begin_episode(self) -> int:
+        """Where the next episode's frames go: the uncommitted tail is dropped first, and every
+        array must end where the commit record does."""
+        self._require_writable()
         if self.uncommitted_tail():
             self.repair()
         start = self.n_frames
@@ -568,23 +585,44 @@ class EpisodeStore:
             key = min(short)
             raise StoreError(f"{self.path}: refusing to append: data/{key} has {short[key]} frames, not the "
                              f"{start} that meta/episode_ends commits")
+        return start
+
+    def commit_tail(self, length: int) -> int:
+        """Commit the `length` frames every array holds past the last committed end (streamed
+        there by a recorder since `begin_episode`): `meta/episode_ends` last, then the count.
+        Returns the episode's index."""
+        self._require_writable()
+        start = self.n_frames
+        rows = {k: int(self.array(k).shape[0]) for k in self.keys}
+        wrong = sorted(k for k, n in rows.items() if n != start + length)
+        if length <= 0:
+            raise StoreError(f"{self.path}: empty episode")
+        if wrong:
+            raise StoreError(f"{self.path}: cannot commit {length} frames past frame {start}: data/{wrong[0]} "
+                             f"holds {rows[wrong[0]] - start}")
         with interrupts_deferred():
-            try:
-                for key, arr in arrays.items():
-                    # The array's own dtype: a foreign store's inferred features may be narrower.
-                    self.array(key).append(arr.astype(self.array(key).dtype, copy=False), axis=0)
+            with self._taken_back_on_failure(start):
                 append_data_first(self._ends_array(), np.array([start + length], dtype=np.int64))
-            except OSError as exc:
-                self._ends_cache = None
-                self._take_back(start)
-                reason = exc.strerror or _first_line(exc)
-                if exc.errno == errno.ENOSPC:
-                    reason = "no space left on the device"
-                raise StoreError(f"{self.path}: could not write episode {self.n_episodes} ({reason}); "
-                                 f"the {self.n_episodes} committed episodes are intact") from None
-            self._ends_cache = None
-            self.set_attrs(episodes=self.n_episodes)
+            self._count_committed()
         return self.n_episodes - 1
+
+    @contextmanager
+    def _taken_back_on_failure(self, start: int) -> Iterator[None]:
+        """A write that fails takes the frames past `start` back off and says so in one line."""
+        try:
+            yield
+        except OSError as exc:
+            self._ends_cache = None
+            self._take_back(start)
+            reason = exc.strerror or _first_line(exc)
+            if exc.errno == errno.ENOSPC:
+                reason = "no space left on the device"
+            raise StoreError(f"{self.path}: could not write episode {self.n_episodes} ({reason}); "
+                             f"the {self.n_episodes} committed episodes are intact") from None
+
+    def _count_committed(self) -> None:
+        self._ends_cache = None
+        self.set_attrs(episodes=self.n_episodes)
 
     def _take_back(self, n: int) -> None:
         """Best effort after a failed write: the partial data would otherwise wait for a repair."""
@@ -656,29 +694,3 @@ class EpisodeStore:
             "uncommitted_tail": self.uncommitted_tail(),
             "zarr_format": int(self.root.metadata.zarr_format),
         }
-
-
-class EpisodeRecorder:
-    """Buffers one episode's steps and commits them with `EpisodeStore.append_episode`."""
-
-    def __init__(self, store: EpisodeStore):
-        self.store = store
-        self._steps: dict[str, list[np.ndarray]] = {k: [] for k in store.keys}
-
-    def add(self, step: Mapping[str, Any]) -> None:
-        for key in self.store.keys:
-            if key not in step:
-                raise StoreError(f"{self.store.path}: step is missing '{key}'")
-            self._steps[key].append(np.asarray(step[key]))
-
-    def __len__(self) -> int:
-        return len(self._steps[self.store.keys[0]]) if self.store.keys else 0
-
-    def commit(self) -> int:
-        episode = {k: np.stack(v) for k, v in self._steps.items()}
-        index = self.store.append_episode(episode)
-        self.discard()
-        return index
-
-    def discard(self) -> None:
-        self._steps = {k: [] for k in self.store.keys}

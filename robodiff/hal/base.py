@@ -23,8 +23,9 @@ class AlreadyConnectedError(UserError):
     pass
 
 
-class StaleFrameError(RuntimeError):
-    """A camera's latest frame is older than the caller accepts."""
+class StaleFrameError(UserError):
+    """A camera's latest frame is older than the caller accepts (a camera that stopped delivering
+    is the user's to fix: one line, no traceback)."""
 
 
 class Device(abc.ABC):
@@ -130,6 +131,10 @@ class Robot(Device):
 
     @abc.abstractmethod
     def _send_action(self, action: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters a run reports (a physical arm: its bus's retries and stale reads)."""
+        return {}
 
     def hold(self) -> dict[str, np.ndarray] | None:
         """Stop moving: command the current position (the safe default on any fault). Returns what

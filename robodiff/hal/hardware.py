@@ -16,6 +16,7 @@ import yaml
 from robodiff.errors import UserError
 from robodiff.features import JOINT_UNITS
 from robodiff.hal.joint_units import JointUnits, parse_joint_units
+from robodiff.hal.motors.bus import Motor
 from robodiff.paths import resolve_yaml
 
 # The simulation part of a hardware YAML: any YAML with a `model:` (MJCF) has it, whatever its
@@ -24,7 +25,10 @@ from robodiff.paths import resolve_yaml
 # (a driver this version lacks) is still loadable as a description, but cannot be connected.
 SIM_KEYS = {"name", "driver", "model", "joints", "actuators", "limits", "physics", "cameras", "units",
             "kinematics", "teleop"}
-PHYSICAL_KEYS = {"bus", "calibration"}
+PHYSICAL_KEYS = {"port", "id", "bus", "leader", "servo_settings"}
+# What a physical camera entry may hold besides the simulated camera's keys (the `robot.cameras.
+# <name>.<key>=` settings of a run; docs/deployment.md).
+CAMERA_KEYS = {"camera", "width", "height", "index", "path", "fps", "max_age_ms"}
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,28 @@ def _kinematics(data: dict[str, Any], joints: tuple[str, ...], path: Path) -> Ki
     return KinematicsSpec(str(raw["site"]), chain, str(raw["gripper"]))
 
 
-def load_hardware(name_or_path: str) -> HardwareSpec:
-    """Parse and check `hardware/<name>.yaml` (or a path to one)."""
+def apply_settings(data: dict[str, Any], settings: dict[str, Any], path: Path, prefix: str = "robot") -> None:
+    """A run's `robot.<key>=value` settings over the YAML: only keys the YAML has (and a camera's
+    `CAMERA_KEYS`), so a misspelt key is an error naming it."""
+    for key, value in settings.items():
+        where = f"{prefix}.{key}"
+        in_camera = prefix.startswith("robot.cameras.") and prefix.count(".") == 2
+        if key not in data and not (in_camera and key in CAMERA_KEYS):
+            known = sorted(set(data) | (CAMERA_KEYS if in_camera else set()))
+            raise UserError(f"{where}: {path} has no such setting (known here: {', '.join(known)})")
+        if isinstance(value, dict):
+            if not isinstance(data[key], dict):
+                raise UserError(f"{where}: {path} holds a single value there, not settings")
+            apply_settings(data[key], value, path, where)
+        else:
+            data[key] = value
+
+
+def load_hardware(name_or_path: str, settings: dict[str, Any] | None = None) -> HardwareSpec:
+    """Parse and check `hardware/<name>.yaml` (or a path to one), with a run's settings over it."""
     path = resolve_yaml("hardware", name_or_path)
     data = read_yaml(path)
+    apply_settings(data, settings or {}, path)
     name = str(data.get("name", path.stem))
     driver = str(_require(data, "driver", path))
     if driver != "mujoco" and "model" not in data:
@@ -173,6 +195,9 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
     for feat, cam in (data.get("cameras") or {}).items():
         if not isinstance(cam, dict) or not {"camera", "width", "height"} <= set(cam):
             raise UserError(f"{path}: camera '{feat}' needs 'camera', 'width' and 'height'")
+        if not set(cam) <= CAMERA_KEYS:
+            raise UserError(f"{path}: camera '{feat}' has unknown key '{sorted(set(cam) - CAMERA_KEYS)[0]}' "
+                            f"(known: {', '.join(sorted(CAMERA_KEYS))})")
         size = (cam["width"], cam["height"])
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
             raise UserError(f"{path}: camera '{feat}' width and height must be positive whole numbers, got {list(size)}")
@@ -182,3 +207,16 @@ def load_hardware(name_or_path: str) -> HardwareSpec:
                         substeps_per_control=int(substeps) if substeps else None,
                         cameras=cameras, units=units, unit_conventions=conventions,
                         kinematics=_kinematics(data, joints, path), raw=data)
+
+
+def motors_of(hardware: HardwareSpec) -> dict[str, Motor]:
+    """Each joint's servo (`motor_id` and `model` under `joints:`), by joint name: what a driver
+    on a servo bus and the bus emulator address."""
+    joints = hardware.raw.get("joints")
+    out = {}
+    for name in hardware.joints:
+        entry = joints.get(name) if isinstance(joints, dict) else None
+        if not isinstance(entry, dict) or "motor_id" not in entry or "model" not in entry:
+            raise UserError(f"{hardware.path}: joint '{name}' needs 'motor_id' and 'model' for a servo bus")
+        out[name] = Motor(int(entry["motor_id"]), str(entry["model"]))
+    return out

@@ -16,6 +16,7 @@ from robodiff.errors import UserError
 from robodiff.hal.base import Robot, Teleop
 from robodiff.hal.hardware import HardwareSpec, load_hardware
 from robodiff.hal.mujoco_robot import MujocoRobot
+from robodiff.hal.robots.so101 import feetech_arm
 from robodiff.hal.teleop import TELEOPS
 from robodiff.paths import asset_dir
 
@@ -33,7 +34,7 @@ def _mujoco(hardware: HardwareSpec, **kw: Any) -> Robot:
 
 
 # driver name (a hardware YAML's `driver:`) -> builder(hardware, **keywords)
-DRIVERS: dict[str, Callable[..., Robot]] = {"mujoco": _mujoco}
+DRIVERS: dict[str, Callable[..., Robot]] = {"mujoco": _mujoco, "feetech": feetech_arm}
 
 
 def register_robot(name: str, factory: Callable[..., Robot]) -> None:
@@ -51,17 +52,21 @@ def is_hardware(name: str) -> bool:
     return (path.suffix in (".yaml", ".yml") and path.is_file()) or (asset_dir("hardware") / f"{name}.yaml").is_file()
 
 
-def make_robot(name: str, **kw: Any) -> Robot:
-    """Hardware names first, then registered ones. Keywords: `fps` (a hardware robot's control
-    rate), `realtime` (pace a simulation to the wall clock), `render` (cameras on), `seed` (a task
-    robot's reset draw), `scene` (an MJCF scene for a bare MuJoCo hardware YAML)."""
+def make_robot(name: str, settings: dict[str, Any] | None = None, **kw: Any) -> Robot:
+    """Hardware names first, then registered ones. `settings`: the run's `robot.<key>=` values over
+    the hardware YAML (a physical robot's port, cameras, ...). Keywords: `fps` (a hardware robot's
+    control rate), `realtime` (pace a simulation to the wall clock), `render` (cameras on), `seed`
+    (a task robot's reset draw), `scene` (an MJCF scene for a bare MuJoCo hardware YAML)."""
     if is_hardware(name):
-        hardware = load_hardware(name)
+        hardware = load_hardware(name, settings)
         if hardware.driver not in DRIVERS:
             raise UserError(f"robot '{hardware.name}' ({hardware.path}) uses driver '{hardware.driver}', "
                             "which is not available in this version of robodiff")
         return DRIVERS[hardware.driver](hardware, **kw)
     if name in ROBOTS:
+        if settings:
+            raise UserError(f"robot.{next(iter(settings))}=: robot '{name}' is simulated and has no settings "
+                            f"(they are for a hardware YAML)")
         return ROBOTS[name](**kw)
     known = sorted({p.stem for p in asset_dir("hardware").glob("*.yaml")} | set(ROBOTS))
     raise UserError(f"unknown robot '{name}': not a hardware or task name "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+from robodiff.hal.hardware import read_yaml
 from robodiff.hal.registry import register_robot, register_teleop
 from robodiff.paths import asset_dir
 from robodiff.sim.env import task_robot
@@ -16,7 +17,8 @@ from robodiff.sim.experts import ExpertTeleop
 
 def register() -> None:
     for path in sorted(asset_dir("tasks").glob("*.yaml")):
-        register_robot(path.stem, functools.partial(task_robot, path.stem))
+        if read_yaml(path).get("kind", "mujoco") != "physical":  # a physical task has no simulated robot
+            register_robot(path.stem, functools.partial(task_robot, path.stem))
     register_teleop("expert", ExpertTeleop)
 
 

@@ -1,10 +1,13 @@
 """Task YAML (`tasks/<name>.yaml`) -> `TaskSpec`.
 
-Two kinds of task:
+Three kinds of task:
 - `mujoco` (default): an MJCF scene, a robot (hardware YAML) and runtime logic in robodiff/sim
   (`logic:` names it: reset distribution, score, success, expert).
 - `gym`: any installed gymnasium env (`gym_id`), its observation keys mapped to ours with
   `observation_map: {gym_key: our_key}` and its action fed from our `action_key`.
+- `physical`: work on a physical robot, with no simulator: the episode's features (checked
+  against the robot's hardware YAML), its rate and its longest length (`max_steps`); a person
+  ends an episode sooner (collect), nothing scores it.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ COMMON_KEYS = {"name", "kind", "fps", "max_steps", "features", "policy_inputs"}
 KIND_KEYS = {
     "mujoco": COMMON_KEYS | {"logic", "scene", "robot"},
     "gym": COMMON_KEYS | {"gym_id", "gym_kwargs", "observation_map", "action_key", "success_key"},
+    "physical": COMMON_KEYS | {"robot"},
 }
 REQUIRED = {
     "mujoco": ("name", "fps", "max_steps", "scene", "robot", "features", "logic"),
     "gym": ("name", "fps", "max_steps", "gym_id", "observation_map"),
+    "physical": ("name", "fps", "max_steps", "robot", "features"),
 }
 TIMESTAMP = Feature("timestamp", (), "float64")
 
@@ -129,13 +134,15 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise UserError(f"{path}: 'max_steps' must be a positive whole number, got {max_steps!r}")
     fps = float(fps)
+    scene = None
     if kind == "gym":
         features = gym_task_features(cfg, path)
-        scene, robot = None, None
+        robot = None
     else:
-        scene = (path.parent / str(cfg["scene"])).resolve()
-        if not scene.is_file():
-            raise UserError(f"{path}: scene MJCF '{cfg['scene']}' not found ({scene})")
+        if kind == "mujoco":
+            scene = (path.parent / str(cfg["scene"])).resolve()
+            if not scene.is_file():
+                raise UserError(f"{path}: scene MJCF '{cfg['scene']}' not found ({scene})")
         robot = str(cfg["robot"])
         features = _features(cfg["features"], path)
         _check_against_robot(features, robot, path)

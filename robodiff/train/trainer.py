@@ -31,7 +31,7 @@ from robodiff.data.integrity import require_valid
 from robodiff.data.stats import cached_stats
 from robodiff.data.store import EpisodeStore, store_around
 from robodiff.data.windows import split_episodes
-from robodiff.errors import ConfigError, UserError
+from robodiff.errors import ConfigError, UserError, one_line
 from robodiff.features import Features, features_to_dict
 from robodiff.models.ema import EMAModel
 from robodiff.policy.factory import build_policy
@@ -284,9 +284,14 @@ def rollout_eval(run: Run, policy: nn.Module, step: int) -> dict[str, float]:
         print("warning: eval.every_steps is set but this task has no simulated rollouts; skipping",
               file=sys.stderr)
         return {}
-    with _fork_rng(run, int(run.cfg.eval.seed)):
-        result = run.rollout(policy, str(run.run_dir / "eval" / f"step_{step}"), str(run.info.device))
-    policy.eval()
+    try:
+        with _fork_rng(run, int(run.cfg.eval.seed)):
+            result = run.rollout(policy, str(run.run_dir / "eval" / f"step_{step}"), str(run.info.device))
+    except Exception as exc:  # noqa: BLE001 - a crashed simulator must not end hours of training
+        print(f"warning: the rollouts at step {step} failed ({one_line(exc)}); training goes on", file=sys.stderr)
+        return {}
+    finally:
+        policy.eval()
     return {f"eval.{k}": float(v) for k, v in result.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

@@ -1,8 +1,8 @@
 """Teleop devices: where `robodiff collect` gets a person's actions.
 
 The terminal keyboard drives a planar target (the pushers) or, on a robot with kinematics (an
-arm), the arm's tool; the SpaceMouse and the gamepad drive an arm's tool. The leader arm keeps its
-name and comes with the physical arm. A simulated task's scripted expert is a teleop too,
+arm), the arm's tool; the SpaceMouse and the gamepad drive an arm's tool; the leader arm gives the
+joint positions a person moves it to. A simulated task's scripted expert is a teleop too,
 registered by `robodiff.sim`.
 """
 
@@ -13,20 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from robodiff.errors import UserError
 from robodiff.hal.base import Teleop, robot_limits
 from robodiff.hal.teleop.gamepad import GamepadTeleop
 from robodiff.hal.teleop.keyboard import ArmKeyboardTeleop, KeyboardTeleop
+from robodiff.hal.teleop.leader import SO101Leader, leader_arm
 from robodiff.hal.teleop.spacemouse import SpaceMouseTeleop
 
-__all__ = ["TELEOPS", "KeyboardTeleop", "ArmKeyboardTeleop", "SpaceMouseTeleop", "GamepadTeleop"]
-
-
-def hardware_extra(name: str) -> Callable[..., Teleop]:
-    def unavailable(*_: Any, **__: Any) -> Teleop:
-        raise UserError(f"teleop={name} comes with the physical arm's driver, which is not available yet; "
-                        f"use teleop=keyboard, spacemouse, gamepad or expert")
-    return unavailable
+__all__ = ["TELEOPS", "KeyboardTeleop", "ArmKeyboardTeleop", "SpaceMouseTeleop", "GamepadTeleop", "SO101Leader"]
 
 
 def keyboard(robot: Any, action_key: str) -> Teleop:
@@ -46,5 +39,5 @@ TELEOPS: dict[str, Callable[..., Teleop]] = {
     "keyboard": keyboard,
     "spacemouse": SpaceMouseTeleop,
     "gamepad": GamepadTeleop,
-    "leader": hardware_extra("leader"),
+    "leader": leader_arm,
 }

@@ -20,7 +20,7 @@ import numpy as np
 from robodiff.errors import UserError
 from robodiff.features import Features
 from robodiff.hal.base import Teleop
-from robodiff.hal.teleop.terminal import EVENTS, TerminalKeys
+from robodiff.hal.teleop.terminal import TerminalKeys, episode_events
 
 RATE_KEYS = ("speed", "turn_speed", "gripper_speed", "key_step", "key_turn", "key_gripper")
 
@@ -122,7 +122,7 @@ class EndEffectorTeleop(Teleop):
         if not self._use_terminal:
             return []
         keys = self.terminal.keys()
-        self.events += [EVENTS[k.lower()] for k in keys if k.lower() in EVENTS]
+        self.events += episode_events(keys)
         return keys
 
     def reset(self, seed: int | None = None) -> None:

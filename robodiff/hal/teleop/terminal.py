@@ -22,6 +22,11 @@ EVENTS: dict[bytes, str] = {b"\n": "done", b"\r": "done", b" ": "done", b"x": "d
 EVENT_HELP = "Enter/Space end the episode (keep), x/Backspace discard it, q stop recording"
 
 
+def episode_events(keys: list[bytes]) -> list[str]:
+    """The episode events among key presses (`done`, `discard`, `quit`)."""
+    return [EVENTS[k.lower()] for k in keys if k.lower() in EVENTS]
+
+
 def stdin_fd() -> int | None:
     try:
         return sys.stdin.fileno()
