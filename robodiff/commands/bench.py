@@ -1,4 +1,4 @@
-"""`robodiff bench data|train|inference|sim|latency|bus|record [key=value ...] [--json]`."""
+"""`robodiff bench data|train|inference|sim|latency|compare|bus|record [key=value ...] [--json]`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 from robodiff.errors import UserError
 
 HELP = """
-usage: robodiff bench data|train|inference|sim|latency|bus|record [key=value ...] [--json]
+usage: robodiff bench data|train|inference|sim|latency|compare|bus|record [key=value ...] [--json]
 
   data       windows per second through the DataLoader (image and low-dim stores) vs a plain
              per-window zarr read
@@ -18,6 +18,8 @@ usage: robodiff bench data|train|inference|sim|latency|bus|record [key=value ...
   sim        simulated control steps per second, with and without 96x96 rendering, per task
   latency    a checkpoint's success against inference latency, per executor, on the simulated
              clock (checkpoint=RUN; writes a plot)
+  compare    evaluations of the same seeded episodes paired against the first (evals=[A,B,...]):
+             success, and each difference with a paired 95 % interval and McNemar's p
   bus        servo bus read+write cycles per second against the bus emulator (clean, damaged
              packets), and how fast a vanished port and a silent servo are reported
   record     leader-follower teleoperation between two bus emulators at 30 Hz, recording two
@@ -27,7 +29,7 @@ Each writes its figures to stdout; `--json` prints them as one JSON object on th
 Keys: see `robodiff/conf/bench_<name>.yaml`.
 """
 
-BENCHES = ("data", "train", "inference", "sim", "latency", "bus", "record")
+BENCHES = ("data", "train", "inference", "sim", "latency", "compare", "bus", "record")
 
 
 def run(args: list[str], overrides: list[str], flags: set[str]) -> dict:
