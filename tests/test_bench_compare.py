@@ -47,6 +47,18 @@ def test_pairing_is_sharper_than_two_separate_intervals_and_follows_seeds(tmp_pa
     assert after["p"] == pytest.approx(2 * 0.5 ** 6)
 
 
+def test_evaluations_of_different_tasks_are_refused(tmp_path, capsys):
+    a = write_eval(tmp_path / "a", [True, False])
+    b = write_eval(tmp_path / "b", [True, True])
+    (a / "summary.json").write_text(json.dumps({"task": "push_block"}))
+    (b / "summary.json").write_text(json.dumps({"task": "so101_pick_place"}))
+    assert main(["bench", "compare", f"evals=[{a},{b}]"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "different tasks" in err and len(err.splitlines()) == 1
+    (b / "summary.json").write_text(json.dumps({"task": "push_block"}))
+    assert run([f"evals=[{a},{b}]"], set())["rows"][1]["label"] == str(b)
+
+
 def garbage(folder):
     (write_eval(folder, [True]) / "episodes.jsonl").write_text("{oops\n")
     return folder

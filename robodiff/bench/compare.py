@@ -30,6 +30,17 @@ def load_config(overrides: list[str]) -> Any:
     return validate(compose("bench_compare", overrides), BenchCompareConfig)
 
 
+def evaluated_task(spec: str) -> str | None:
+    """The task an evaluation ran, from the summary.json beside its episodes (None if not said)."""
+    path = Path(spec)
+    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    try:
+        task = json.loads(summary.read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
+
+
 def read_episodes(spec: str) -> dict[int, dict[str, Any]]:
     """An evaluation's rows by seed, from its out= folder or its episodes.jsonl."""
     path = Path(spec)
@@ -62,10 +73,14 @@ def run(overrides: list[str], flags: set[str]) -> dict[str, Any]:
     if len(specs) < 2:
         raise ConfigError("bench_compare.evals needs at least two evaluations, the first the baseline: "
                           "evals=[runs/a/eval,runs/b/eval]")
-    labels = [str(x) for x in cfg.labels] if cfg.labels is not None else [Path(s).name or s for s in specs]
+    labels = [str(x) for x in cfg.labels] if cfg.labels is not None else specs
     if len(labels) != len(specs):
         raise ConfigError(f"bench_compare.labels has {len(labels)} names for {len(specs)} evaluations")
     evals = [read_episodes(s) for s in specs]
+    tasks = {spec: task for spec in specs if (task := evaluated_task(spec))}
+    if len(set(tasks.values())) > 1:
+        raise UserError("the evaluations ran different tasks (" + ", ".join(f"{s}: {t}" for s, t in tasks.items())
+                        + "): pairing compares the same episodes of one task")
     seeds = sorted(evals[0])
     for spec, rows in zip(specs[1:], evals[1:]):
         if set(rows) != set(seeds):
