@@ -16,6 +16,9 @@ videos). Stages completed with the same settings are reused on a rerun.
 keys (robodiff/conf/quickstart.yaml): out seed task demos train_steps batch_size policy
   lr lr_warmup_steps encoder down_dims diffusion_step_embed_dim
   n_obs_steps n_action_steps device eval.episodes eval.seed eval.n_envs eval.n_videos
+  noise.scale noise.correlation noise.keep_failed (demonstrations that teach recovery)
+  select.every_steps select.episodes select.seed select.n_envs (training rollouts: the
+  success curve in report.md and the checkpoint chosen by it)
 --json: last stdout line {"success_rate", "demos", "train_seconds", "eval_episodes", ...}
 """
 
