@@ -79,6 +79,22 @@ def test_a_wrap_point_inside_a_joints_travel_is_refused(tmp_path):
                                lambda: clock.advance(0.01))
 
 
+def test_the_emulator_says_once_when_its_person_has_finished(tmp_path):
+    clock, told = FakeClock(), []
+    with emulated(tmp_path / "arm", now=clock, person=lambda low, high: CalibrationPerson(low, high)) as emulator:
+        emulator.arm.on_person_done = lambda: told.append(clock.t)
+        bus = bus_at(tmp_path / "arm")
+        bus.torque(False)  # the person starts when the arm goes limp
+        start, done_s = emulator.arm.person_t0, emulator.arm.person.done_s
+        clock.advance(done_s - 0.01)
+        bus.read("Present_Position")
+        assert told == []
+        for _ in range(3):
+            clock.advance(0.02)
+            bus.read("Present_Position")
+        assert told == [pytest.approx(start + done_s + 0.01)]
+
+
 def test_an_offset_beyond_2047_is_refused_in_one_line(tmp_path):
     with emulated(tmp_path / "arm") as emulator:
         emulator.arm.mount[2] = 4095  # the elbow's horn a half turn round: its middle reads 4095

@@ -101,6 +101,7 @@ def run(overrides: list[str], flags: set[str]) -> dict:
     person = cfg.person or ("recorded" if cfg.trajectory else defaults.person)
     try:
         arm.person = make_person(person, cfg, arm)
+        arm.on_person_done = lambda: say(f"the scripted person ({person}) has finished")
         emulator = BusEmulator(arm, link, corrupt_rate=cfg.corrupt_rate, drop_rate=cfg.drop_rate,
                                disconnect_after_s=cfg.disconnect_after_s, silent=cfg.silent,
                                silent_after_s=cfg.silent_after_s, seed=cfg.seed)

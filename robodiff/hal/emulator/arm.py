@@ -61,6 +61,9 @@ class EmulatedArm:
         self.mount = self._assemble(assembly_seed)
         self.person = person
         self.person_t0: float | None = None
+        # Called once when the person is done (a terminal says so: the cue to press Enter).
+        self.on_person_done: Callable[[], None] | None = None
+        self._person_done_told = False
         self._now = now
         self.sim.connect()
         self._held = self.joint_radians()
@@ -89,6 +92,10 @@ class EmulatedArm:
         """Physics up to now under the current targets (the MujocoRobot follows the clock)."""
         t = None if self.person is None or self.person_t0 is None else self._now() - self.person_t0
         by_hand = None if t is None else self.person.target(t)
+        done_s = None if t is None else self.person.done_s
+        if done_s is not None and t >= done_s and not self._person_done_told and self.on_person_done:
+            self._person_done_told = True
+            self.on_person_done()
         targets = np.empty(len(self.names))
         for j, name in enumerate(self.names):
             servo = self.servos[name]

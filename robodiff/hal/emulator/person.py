@@ -16,6 +16,8 @@ import numpy as np
 
 
 class Person:
+    done_s: float | None = None  # when the person has finished (None: never)
+
     def target(self, t: float) -> np.ndarray:
         """Joint targets (radians) `t` seconds after the person started."""
         raise NotImplementedError
