@@ -292,3 +292,24 @@ def test_ctrl_c_saves_the_step_reached(tmp_path):
     assert (run_dir / "checkpoints" / str(summary["steps"])).is_dir()
     assert json.loads((run_dir / "checkpoints" / "latest" / "policy.json").read_text())["step"] == summary["steps"]
     assert f"continue with `robodiff train run_dir={run_dir} resume=true`" in err and "Traceback" not in err
+
+
+def test_rollouts_that_crash_warn_and_training_goes_on(tmp_path, capsys):
+    from robodiff.commands.train import load_config
+    from robodiff.train.trainer import train
+
+    store = lowdim_store(tmp_path / "toy.zarr")
+    cfg = load_config([f"dataset={store}", f"run_dir={tmp_path / 'run'}", "training.steps=8",
+                       "eval.every_steps=4", *TINY])
+    outs = []
+
+    def crashing(policy, out, device):
+        outs.append(out)
+        raise RuntimeError("A process in the process pool was terminated abruptly\nwhile the future was running")
+
+    summary = train(cfg, rollout=crashing)
+    err = capsys.readouterr().err
+    assert summary["steps"] == 8 and len(outs) == 2
+    assert "warning: the rollouts at step 4 failed (RuntimeError: A process in the process pool" in err
+    assert "training goes on" in err and "Traceback" not in err
+    assert summary["best_checkpoint"] is None and (tmp_path / "run" / "checkpoints" / "latest").is_dir()
