@@ -207,11 +207,13 @@ def _zip_root(path: Path) -> str:
     return ""
 
 
-def _checked_fps(fps: Any, path: Path) -> float | None:
+def checked_fps(fps: Any, what: str) -> float | None:
+    """`fps` as a float (None stays None); anything but a positive finite number is refused,
+    `what` naming where it came from."""
     if fps is None:
         return None
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
-        raise StoreError(f"{path}: attribute 'fps' is {fps!r}, expected a positive number of frames per second")
+        raise StoreError(f"{what} is {fps!r}, expected a positive number of frames per second")
     return float(fps)
 
 
@@ -251,7 +253,7 @@ class EpisodeStore:
         try:
             meta = _attrs_of(root, path)
             self.attrs: dict[str, Any] = meta
-            self.fps: float | None = _checked_fps(meta.get("fps"), path)
+            self.fps: float | None = checked_fps(meta.get("fps"), f"{path}: attribute 'fps'")
             self.task: str | None = meta.get("task")
             self.robot: str | None = meta.get("robot")
             self.id: str | None = meta.get("id")

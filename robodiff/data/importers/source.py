@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from robodiff.data.store import EpisodeStore
+from robodiff.data.store import EpisodeStore, checked_fps
 from robodiff.errors import StoreError, UserError
 from robodiff.features import JOINT_UNITS, Feature, Features, features_to_dict
 from robodiff.progress import progress_bar
@@ -91,14 +91,6 @@ def check_timestamps(times: np.ndarray, origin: str) -> None:
         raise UserError(f"{origin}: 'timestamp' does not increase at step {i + 1} ({times[i]:g} -> {times[i + 1]:g})")
 
 
-def check_fps(fps: Any, origin: str) -> float | None:
-    if fps is None:
-        return None
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or fps <= 0:
-        raise UserError(f"{origin}: fps is {fps!r}, expected a positive number of frames per second")
-    return float(fps)
-
-
 def conform(episode: Episode, features: Features) -> dict[str, np.ndarray]:
     """Check an episode against the features and cast it to their dtypes."""
     data, origin = episode.data, episode.origin
@@ -154,7 +146,7 @@ def write_store(source: Source, dest: str | os.PathLike, fmt: str) -> dict[str, 
     dest.parent.mkdir(parents=True, exist_ok=True)
     features: Features = dict(source.features)
     try:
-        fps = check_fps(source.fps, source.origin)
+        fps = checked_fps(source.fps, f"{source.origin}: fps")
         store = EpisodeStore.create(tmp, features, fps=fps, task=source.task, robot=source.robot)
         with progress_bar(source.episodes, total=source.total, desc=f"import {fmt}", unit="episode") as bar:
             for episode in bar:
