@@ -22,6 +22,7 @@ from robodiff.config import compose, validate
 from robodiff.data.store import EpisodeStore
 from robodiff.data.integrity import validate_store
 from robodiff.policy.checkpoint import load_policy
+from robodiff.sim.experts import EXPERTS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "a4bd1c6"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -34,12 +35,28 @@ def test_an_old_store_opens_validates_and_reads_as_written():
     assert validate_store(FIXTURES / "store.zarr")["valid"]
 
 
-def test_collect_today_writes_the_old_stores_arrays_exactly(tmp_path):
+def test_collect_today_records_the_old_stores_arrays_from_its_actions(tmp_path, monkeypatch):
+    """Same resets, physics, rendering, timestamps and layout. The push_block expert has changed
+    its strategy since a4bd1c6, so its recorded actions are played back in its place."""
+    old = EpisodeStore.open(FIXTURES / "store.zarr")
+    recorded = iter([old.read_episode(k)["action"] for k in range(old.n_episodes)])
+
+    class Playback:
+        def __init__(self, task, seed):
+            self.actions = iter(next(recorded)) if seed is not None else iter(())
+
+        def reset(self):
+            pass
+
+        def act(self, obs, robot):
+            return next(self.actions)
+
+    monkeypatch.setitem(EXPERTS, "push_block", Playback)
     out = tmp_path / "store.zarr"
     collect_with(validate(compose("collect", ["task=push_block", "teleop=expert", "episodes=2", "seed=0",
                                               f"out={out}"]), CollectConfig))
-    old, new = EpisodeStore.open(FIXTURES / "store.zarr"), EpisodeStore.open(out)
-    assert old.features == new.features
+    new = EpisodeStore.open(out)
+    assert old.features == new.features and new.n_episodes == 2
     for k in range(2):
         a, b = old.read_episode(k), new.read_episode(k)
         for key in old.features:

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import mujoco
 import numpy as np
 import pytest
 import yaml
@@ -122,28 +123,47 @@ def _rollout(env, act, seed):
             return success, score, info
 
 
-def test_push_block_expert_succeeds_and_is_multimodal():
+def test_push_block_expert_succeeds_pushing_on_faces_one_axis_at_a_time():
     env = SimEnv("push_block", render=False)
     results = []
     for seed in range(20):
         expert = make_expert("push_block", seed=seed)
         expert.reset()
-        results.append(_rollout(env, lambda obs: expert.act(obs, env), seed)[0])
+        obs, path, done = env.reset(seed=seed), [env.logic.block_pos(env.data)], False
+        while not done:
+            obs, _, success, done, _ = env.step(expert.act(obs, env))
+            path.append(env.logic.block_pos(env.data))
+        results.append(success)
+        steps = np.abs(np.diff(path, axis=0))
+        steps = steps[steps.max(axis=1) > 1.0]  # the steps the block was pushed
+        assert (steps.min(axis=1) < 0.15 * steps.max(axis=1)).all(), f"seed {seed}: a diagonal push"
+        axis = steps.argmax(axis=1)
+        assert (np.diff(axis) >= 0).all(), f"seed {seed}: not sideways first, then on to the target"
     assert np.mean(results) >= 0.95
-    # one initial state, several expert seeds: the pusher passes the block on both sides
-    sides = set()
-    for seed in range(8):
-        expert = make_expert("push_block", seed=seed)
+    env.close()
+
+
+def test_push_block_expert_goes_either_way_round_when_both_are_as_long():
+    """The block in line below the target and the pusher straight above it: the expert's seed
+    decides the side it passes the block on (multimodal demonstrations); otherwise the short way."""
+    env = SimEnv("push_block", render=False)
+
+    def side_passed(expert_seed: int, agent_x: float) -> int:
+        expert = make_expert("push_block", seed=expert_seed)
         expert.reset()
         obs = env.reset(seed=0)
-        block = env.logic.block_pos(env.data)
-        for _ in range(60):
+        for joint, value in (("block_x", 256.0), ("block_y", 200.0), ("agent_x", agent_x), ("agent_y", 460.0)):
+            env.data.joint(joint).qpos[0] = value
+        mujoco.mj_forward(env.model, env.data)
+        for _ in range(40):
             agent = env.logic.agent_pos(env.data)
-            if agent[1] < block[1]:
-                sides.add(int(np.sign(agent[0] - block[0])))
-                break
+            if agent[1] < 200.0:
+                return int(np.sign(agent[0] - 256.0))
             obs, *_ = env.step(expert.act(obs, env))
-    assert sides == {-1, 1}
+        raise AssertionError("the pusher never got below the block")
+
+    assert {side_passed(seed, 256.0) for seed in range(8)} == {-1, 1}
+    assert {side_passed(seed, 480.0) for seed in range(4)} == {1}
     env.close()
 
 

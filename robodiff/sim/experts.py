@@ -5,8 +5,9 @@ mouse), so their actions are smooth and the PD-driven pusher never lags far behi
 around the block on a circle of safe radius until the straight way to the pre-push point is free,
 then push through the chosen contact point.
 
-- push_block: the route around the block (clockwise or counter-clockwise) is drawn at random per
-  episode, so demonstrations are multimodal; pushes through the centre towards the target.
+- push_block: two pushes on flat faces, sideways into line with the target, then on to it; goes the
+  shorter way round the block, and the way drawn per episode when both are about as long (the
+  demonstrations stay multimodal there).
 - push_t: best effort. Pushes at the contact on the T's outline whose push best produces the
   wanted translation + rotation of the block, and stays with it while it remains nearly the best.
 """
@@ -52,47 +53,72 @@ def _around(agent: np.ndarray, center: np.ndarray, radius: float, side: float) -
 
 
 class PushBlockExpert:
+    """Two pushes on flat faces: sideways until the block is in line with the target, then
+    straight on. A round pusher on a face moves the block along the face normal wherever it
+    touches, so neither push needs a precise contact point (a corner push turns with every unit of
+    contact error), and the first push ends at a fixed pusher position, which the policy observes."""
+
     def __init__(self, task: TaskSpec, seed: int | None) -> None:
         cfg = task.config["expert"]
         self.speed = float(cfg["speed"])
         self.push_lead = float(cfg["push_lead"])
         self.margin = float(cfg["margin"])
+        self.tolerance = float(cfg["tolerance"])
         self.rng = np.random.default_rng(seed)
         self.side = 1.0
         self.pushing = False
+        self.aligning = False
 
     def reset(self) -> None:
         self.side = float(self.rng.choice([-1.0, 1.0]))
         self.pushing = False
+        self.aligning = False
+
+    def _axis(self, block: np.ndarray, goal: np.ndarray) -> tuple[int, float]:
+        """The push now: along x until in line with the target (hysteresis: start beyond twice the
+        tolerance, stop within half of it), then along y."""
+        ex = float(goal[0] - block[0])
+        if self.aligning and abs(ex) <= 0.5 * self.tolerance:
+            self.aligning = False
+        elif not self.aligning and abs(ex) > 2.0 * self.tolerance:
+            self.aligning = True
+            self.pushing = False
+        return (0, ex) if self.aligning else (1, float(goal[1] - block[1]))
 
     def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray:
         logic = robot.logic
         agent, block, goal = logic.agent_pos(robot.data), logic.block_pos(robot.data), logic.goal
         s, r = logic.half_size, logic.agent_radius
-        to_goal = goal - block
-        d = _unit(to_goal)
-        if not d.any():
+        axis, error = self._axis(block, goal)
+        if error == 0.0:
             return agent.astype(np.float32)
-        # The block only translates, and a round pusher moves it along the contact normal. The
-        # pusher centre whose contact normal is d sits on the square's corner arc (a face centre
-        # for axis-aligned pushes): there, pushing along d moves the block along d.
-        contact = block - s * np.clip(d / 0.05, -1.0, 1.0) - d * r
+        d = np.zeros(2)
+        d[axis] = np.sign(error)
+        contact = block - d * (s + r)
         prepush = contact - d * self.margin
         if self.pushing and np.linalg.norm(agent - contact) > 25.0:
             self.pushing = False
         if not self.pushing and np.linalg.norm(agent - prepush) < 10.0:
             self.pushing = True
         if self.pushing:
-            lead = min(self.push_lead, max(5.0, float(np.linalg.norm(to_goal))))
-            # a pusher pressing on a corner slides off it sideways unless pulled back onto it
-            drift = contact - agent
-            drift -= d * np.dot(drift, d)
-            return (contact + d * lead + 2.0 * drift).astype(np.float32)
+            # slow down onto the target line so the block stops there; keep to the face's centre
+            lead = min(self.push_lead, max(5.0, abs(error)))
+            centre = contact - agent
+            centre -= d * np.dot(centre, d)
+            return (contact + d * lead + centre).astype(np.float32)
         if float(np.dot(agent - block, -d)) >= float(np.dot(prepush - block, -d)) - 2.0:
             waypoint = prepush
         else:
-            waypoint = _around(agent, block, s * np.sqrt(2) + r + self.margin, self.side)
+            waypoint = _around(agent, block, s * np.sqrt(2) + r + self.margin, self._turn(agent, block, d))
         return _lead(agent, waypoint, self.speed).astype(np.float32)
+
+    def _turn(self, agent: np.ndarray, block: np.ndarray, d: np.ndarray) -> float:
+        """The shorter way round the block to the pre-push side; the episode's drawn side when both
+        are about as long (the demonstrations stay multimodal there)."""
+        rel = agent - block
+        gap = np.arctan2(-d[1], -d[0]) - np.arctan2(rel[1], rel[0])
+        gap = (gap + np.pi) % (2 * np.pi) - np.pi
+        return self.side if abs(gap) > 0.8 * np.pi else float(np.sign(gap))
 
 
 def _t_outline_contacts(step: float = 10.0) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from robodiff.sim.logic import POSITIVE, RANGE, TaskLogic, set_mocap_pose, vecto
 class PushBlock(TaskLogic):
     CONFIG = {"goal": vector(2), "success": {"radius": POSITIVE}, "score": {"scale": POSITIVE},
               "reset": {"agent_x": RANGE, "agent_y": RANGE, "block_x": RANGE, "block_y": RANGE},
-              "expert": {"speed": POSITIVE, "push_lead": POSITIVE, "margin": POSITIVE}}
+              "expert": {"speed": POSITIVE, "push_lead": POSITIVE, "margin": POSITIVE, "tolerance": POSITIVE}}
 
     def __init__(self, task, model) -> None:
         super().__init__(task, model)
