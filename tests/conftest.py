@@ -1,6 +1,7 @@
 """Shared test settings."""
 
 import os
+import signal
 
 import pytest
 import torch
@@ -24,3 +25,17 @@ def pty_pair():
     yield master, slave
     os.close(master)
     os.close(slave)
+
+
+def _terminal_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def terminal_sigint():
+    """Ctrl-C as a terminal delivers it, here and in the children started with the returned
+    `preexec_fn`. A shell that starts jobs in the background sets SIGINT to ignored, and Python
+    keeps an inherited SIG_IGN: without this, tests of Ctrl-C fail only when run that way."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield _terminal_sigint
+    signal.signal(signal.SIGINT, previous)

@@ -148,7 +148,7 @@ def test_bad_inputs_are_one_line_errors(argv, needle, tmp_path, monkeypatch, cap
     assert not (tmp_path / "x.zarr").exists()
 
 
-def test_ctrl_c_leaves_a_valid_store(tmp_path):
+def test_ctrl_c_leaves_a_valid_store(tmp_path, terminal_sigint):
     import signal
     import subprocess
     import sys
@@ -158,7 +158,8 @@ def test_ctrl_c_leaves_a_valid_store(tmp_path):
 
     out = tmp_path / "demos.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "robodiff", "collect", "task=push_block", "teleop=expert",
-                             "episodes=50", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "episodes=50", f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=terminal_sigint)
     ends = out / "meta" / "episode_ends"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

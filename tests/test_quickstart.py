@@ -42,18 +42,12 @@ def test_quickstart_runs_every_stage(tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1])["demos"] == 3
 
 
-def default_sigint() -> None:
-    # A shell that starts jobs in the background sets SIGINT to ignored, and Python keeps an
-    # inherited SIG_IGN: give the child the disposition a terminal's Ctrl-C would meet.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def test_interrupted_quickstart_leaves_nothing_that_looks_finished(tmp_path):
+def test_interrupted_quickstart_leaves_nothing_that_looks_finished(tmp_path, terminal_sigint):
     out = tmp_path / "qs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "robodiff", "quickstart", f"out={out}", *TINY,
                              "train_steps=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=default_sigint)
+                            text=True, env=env, preexec_fn=terminal_sigint)
     deadline = time.monotonic() + 300
     while not (out / "run.partial").exists() and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -355,7 +355,7 @@ def test_full_disk_keeps_committed_episodes(tmp_path, monkeypatch):
     assert reopened.n_episodes == 3
 
 
-def test_ctrl_c_waits_for_the_commit(tmp_path, monkeypatch):
+def test_ctrl_c_waits_for_the_commit(tmp_path, monkeypatch, terminal_sigint):
     store = make_store(tmp_path / "s.zarr", [3])
     arr_cls = type(store.array("state"))
     real_append = arr_cls.append
