@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 TINY = ["demos=3", "train_steps=4", "batch_size=8", "eval.episodes=2", "eval.n_envs=1",
-        "eval.n_videos=1", "down_dims=[16,32,64]", "diffusion_step_embed_dim=16"]
+        "eval.n_videos=1", "down_dims=[16,32,64]", "diffusion_step_embed_dim=16", "select.every_steps=0"]
 
 
 def run_quickstart(out: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -152,19 +152,30 @@ def test_push_block_expert_goes_either_way_round_when_both_are_as_long():
         expert = make_expert("push_block", seed=expert_seed)
         expert.reset()
         obs = env.reset(seed=0)
-        for joint, value in (("block_x", 256.0), ("block_y", 200.0), ("agent_x", agent_x), ("agent_y", 460.0)):
+        for joint, value in (("block_x", 256.0), ("block_y", 260.0), ("agent_x", agent_x), ("agent_y", 445.0)):
             env.data.joint(joint).qpos[0] = value
         mujoco.mj_forward(env.model, env.data)
         for _ in range(40):
             agent = env.logic.agent_pos(env.data)
-            if agent[1] < 200.0:
+            if agent[1] < 260.0:
                 return int(np.sign(agent[0] - 256.0))
             obs, *_ = env.step(expert.act(obs, env))
         raise AssertionError("the pusher never got below the block")
 
-    assert {side_passed(seed, 256.0) for seed in range(8)} == {-1, 1}
-    assert {side_passed(seed, 480.0) for seed in range(4)} == {1}
+    seeds = range(8)  # they draw both sides, as the first assertion shows
+    assert {side_passed(seed, 256.0) for seed in seeds} == {-1, 1}
+    assert {side_passed(seed, 452.0) for seed in seeds} == {1}
+    assert {side_passed(seed, 60.0) for seed in seeds} == {-1}
     env.close()
+
+
+def test_push_block_expert_refuses_a_tolerance_that_misses_the_target(tmp_path):
+    src = load_task("push_block").path
+    text = src.read_text().replace("scene: push_block.xml", f"scene: {src.parent / 'push_block.xml'}")
+    bad = tmp_path / "push_block.yaml"
+    bad.write_text(text.replace("  tolerance: 16.0", "  tolerance: 25.0"))
+    with pytest.raises(UserError, match=r"'expert.tolerance' \(25\) must be below 'success.radius' \(25\)"):
+        make_expert(str(bad), seed=0)
 
 
 def test_push_block_random_policy_mostly_fails_and_episodes_end_at_max_steps():

@@ -6,8 +6,8 @@ around the block on a circle of safe radius until the straight way to the pre-pu
 then push through the chosen contact point.
 
 - push_block: two pushes on flat faces, sideways into line with the target, then on to it; goes the
-  shorter way round the block, and the way drawn per episode when both are about as long (the
-  demonstrations stay multimodal there).
+  shorter way round the block, and the way drawn per episode when both are about as long (rare
+  from the task's resets: the demonstrations are multimodal only there).
 - push_t: best effort. Pushes at the contact on the T's outline whose push best produces the
   wanted translation + rotation of the block, and stays with it while it remains nearly the best.
 """
@@ -33,11 +33,6 @@ class Expert(Protocol):
     def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray: ...
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    n = float(np.linalg.norm(v))
-    return v / n if n > 1e-9 else np.zeros_like(v)
-
-
 def _lead(agent: np.ndarray, waypoint: np.ndarray, lead: float) -> np.ndarray:
     """The commanded point: towards `waypoint`, at most `lead` ahead of the pusher."""
     delta = waypoint - agent
@@ -56,7 +51,7 @@ class PushBlockExpert:
     """Two pushes on flat faces: sideways until the block is in line with the target, then
     straight on. A round pusher on a face moves the block along the face normal wherever it
     touches, so neither push needs a precise contact point (a corner push turns with every unit of
-    contact error), and the first push ends at a fixed pusher position, which the policy observes."""
+    contact error), and the sideways push ends at a fixed pusher position, which the policy observes."""
 
     def __init__(self, task: TaskSpec, seed: int | None) -> None:
         cfg = task.config["expert"]
@@ -64,6 +59,10 @@ class PushBlockExpert:
         self.push_lead = float(cfg["push_lead"])
         self.margin = float(cfg["margin"])
         self.tolerance = float(cfg["tolerance"])
+        radius = float(task.config["success"]["radius"])
+        if self.tolerance >= radius:
+            raise UserError(f"{task.path}: 'expert.tolerance' ({self.tolerance:g}) must be below 'success.radius' "
+                            f"({radius:g}): a last push that far out of line can pass beside the target")
         self.rng = np.random.default_rng(seed)
         self.side = 1.0
         self.pushing = False
@@ -75,14 +74,13 @@ class PushBlockExpert:
         self.aligning = False
 
     def _axis(self, block: np.ndarray, goal: np.ndarray) -> tuple[int, float]:
-        """The push now: along x until in line with the target (hysteresis: start beyond twice the
-        tolerance, stop within half of it), then along y."""
+        """The push now and how far it has to go: sideways while the block is more than
+        `tolerance` out of line with the target, aiming for a quarter of it so that the block does
+        not hover at the threshold; then on to the target."""
         ex = float(goal[0] - block[0])
-        if self.aligning and abs(ex) <= 0.5 * self.tolerance:
-            self.aligning = False
-        elif not self.aligning and abs(ex) > 2.0 * self.tolerance:
-            self.aligning = True
-            self.pushing = False
+        aligning = abs(ex) > (0.25 if self.aligning else 1.0) * self.tolerance
+        if aligning != self.aligning:
+            self.aligning, self.pushing = aligning, False
         return (0, ex) if self.aligning else (1, float(goal[1] - block[1]))
 
     def act(self, obs: dict[str, Any], robot: Any) -> np.ndarray:
@@ -90,10 +88,8 @@ class PushBlockExpert:
         agent, block, goal = logic.agent_pos(robot.data), logic.block_pos(robot.data), logic.goal
         s, r = logic.half_size, logic.agent_radius
         axis, error = self._axis(block, goal)
-        if error == 0.0:
-            return agent.astype(np.float32)
         d = np.zeros(2)
-        d[axis] = np.sign(error)
+        d[axis] = 1.0 if error >= 0.0 else -1.0
         contact = block - d * (s + r)
         prepush = contact - d * self.margin
         if self.pushing and np.linalg.norm(agent - contact) > 25.0:
@@ -101,7 +97,9 @@ class PushBlockExpert:
         if not self.pushing and np.linalg.norm(agent - prepush) < 10.0:
             self.pushing = True
         if self.pushing:
-            # slow down onto the target line so the block stops there; keep to the face's centre
+            # Leading by at most the distance left stops the block where the push ends (in line
+            # with the target, or on it) instead of carrying it past. Pulling the pusher back to the
+            # face's centre keeps it off the corners, where it would push at an angle.
             lead = min(self.push_lead, max(5.0, abs(error)))
             centre = contact - agent
             centre -= d * np.dot(centre, d)
@@ -110,11 +108,12 @@ class PushBlockExpert:
             waypoint = prepush
         else:
             waypoint = _around(agent, block, s * np.sqrt(2) + r + self.margin, self._turn(agent, block, d))
+            waypoint = np.clip(waypoint, r + 10.0, 512.0 - r - 10.0)  # the table's walls
         return _lead(agent, waypoint, self.speed).astype(np.float32)
 
     def _turn(self, agent: np.ndarray, block: np.ndarray, d: np.ndarray) -> float:
         """The shorter way round the block to the pre-push side; the episode's drawn side when both
-        are about as long (the demonstrations stay multimodal there)."""
+        are about as long (the pusher within ~36 degrees of straight across from that side)."""
         rel = agent - block
         gap = np.arctan2(-d[1], -d[0]) - np.arctan2(rel[1], rel[0])
         gap = (gap + np.pi) % (2 * np.pi) - np.pi
