@@ -66,15 +66,18 @@ class EmulatorProcess:
             raise UserError(f"the bus emulator did not start: {line.strip() or self.proc.stderr.read().strip()}")
         self._stats: dict[str, Any] = {}
 
-    def stop(self) -> dict[str, Any]:
-        if self.proc.poll() is None:
+    def stop(self, terminate: bool = True) -> dict[str, Any]:
+        """`terminate=False`: the emulator ends by itself (a scheduled disconnect); a SIGTERM racing
+        its wrap-up would cut its report short."""
+        if terminate and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             out, _ = self.proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise UserError("the bus emulator did not stop within 30 s of SIGTERM (killed)") from None
+            raise UserError(f"the bus emulator did not stop within 30 s{' of SIGTERM' if terminate else ''} "
+                            "(killed)") from None
         lines = out.strip().splitlines()
         return json.loads(lines[-1]) if lines else {}
 
@@ -144,7 +147,7 @@ def run(overrides: list[str], flags: set[str]) -> dict:
                     pass
             finally:
                 bus.disconnect()
-                sent = emulator.stop()
+                sent = emulator.stop(terminate=mode != "vanish")
             fault_t = sent["vanished_t"] if mode == "vanish" else sent["started_t"] + cfg.fault_after_s
             result[f"{mode}_detect_ms"] = round((raised_at - fault_t) * 1e3, 1)
             result[f"{mode}_error"] = str(error)

@@ -113,12 +113,16 @@ def run(overrides: list[str], flags: set[str]) -> dict:
     say(f"emulating the {hardware.name} {cfg.arm} ({len(arm.servos)} servos, {voltage:g} V, person: {person}) "
         f"at {link} -> {pts}; Ctrl-C stops")
     try:
-        emulator.serve()
+        try:
+            emulator.serve()
+        finally:
+            emulator.close()
+        if emulator.stats["vanished_t"] is not None:
+            say(f"{link}: the port vanished after {cfg.disconnect_after_s:g} s, as asked")
+        return {"link": str(link), "arm": cfg.arm, "person": person,
+                **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in emulator.stats.items()}}
     finally:
-        emulator.close()
+        # Only now: a Ctrl-C during the wrap-up after the serving ended is a stop already done,
+        # not an interruption of the report.
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if emulator.stats["vanished_t"] is not None:
-        say(f"{link}: the port vanished after {cfg.disconnect_after_s:g} s, as asked")
-    return {"link": str(link), "arm": cfg.arm, "person": person,
-            **{k: (float(v) if isinstance(v, np.floating) else v) for k, v in emulator.stats.items()}}
