@@ -82,7 +82,10 @@ def test_collect_with_the_leader_arm_between_two_emulators(setup, tmp_path):
     assert report["episodes"] == 2 and report["success_rate"] is None and report["bus_stale_reads"] == 0
     assert validate_store(out)["valid"]
     with EpisodeStore.open(out) as store:
-        assert store.robot == "so101" and store.fps == 30 and list(store.episode_lengths()) == [30, 30]
+        assert store.robot == "so101" and store.fps == 30 and store.n_episodes == 2
+        # 30 ticks of a real-time clock each; one more than half a period late is skipped, not run
+        # late (control/clock.py), so a loaded machine records a frame or two fewer
+        assert all(27 <= n <= 30 for n in store.episode_lengths()), list(store.episode_lengths())
         assert store.features["action"].units == "degrees" and store.features["front"].shape == (96, 128, 3)
         ep = store.read_episode(1)
     assert np.all(np.diff(ep["timestamp"]) > 0) and ep["front"].std() > 10
