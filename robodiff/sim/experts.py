@@ -40,11 +40,13 @@ def _lead(agent: np.ndarray, waypoint: np.ndarray, lead: float) -> np.ndarray:
     return waypoint if dist <= lead else agent + delta * (lead / dist)
 
 
-def _around(agent: np.ndarray, center: np.ndarray, radius: float, side: float) -> np.ndarray:
-    """Next waypoint on the circle (center, radius), turning counter-clockwise if side > 0."""
+def _around(agent: np.ndarray, center: np.ndarray, radius: float, side: float, pusher_radius: float) -> np.ndarray:
+    """Next waypoint on the circle (center, radius), turning counter-clockwise if side > 0, kept
+    clear of the table's walls (a pusher driven into one stalls there)."""
     rel = agent - center
     angle = np.arctan2(rel[1], rel[0]) + side * 0.6
-    return center + radius * np.array([np.cos(angle), np.sin(angle)])
+    waypoint = center + radius * np.array([np.cos(angle), np.sin(angle)])
+    return np.clip(waypoint, pusher_radius + 10.0, 512.0 - pusher_radius - 10.0)
 
 
 class PushBlockExpert:
@@ -107,8 +109,7 @@ class PushBlockExpert:
         if float(np.dot(agent - block, -d)) >= float(np.dot(prepush - block, -d)) - 2.0:
             waypoint = prepush
         else:
-            waypoint = _around(agent, block, s * np.sqrt(2) + r + self.margin, self._turn(agent, block, d))
-            waypoint = np.clip(waypoint, r + 10.0, 512.0 - r - 10.0)  # the table's walls
+            waypoint = _around(agent, block, s * np.sqrt(2) + r + self.margin, self._turn(agent, block, d), r)
         return _lead(agent, waypoint, self.speed).astype(np.float32)
 
     def _turn(self, agent: np.ndarray, block: np.ndarray, d: np.ndarray) -> float:
@@ -223,8 +224,7 @@ class PushTExpert:
         else:
             com = pose[:2] + rot @ self.com
             side = np.sign(np.cross(np.append(agent - com, 0), np.append(prepush - com, 0))[2]) or 1.0
-            waypoint = _around(agent, com, self.reach + r + self.margin, float(side))
-            waypoint = np.clip(waypoint, r + 10.0, 512.0 - r - 10.0)  # the table's walls
+            waypoint = _around(agent, com, self.reach + r + self.margin, float(side), r)
         return _lead(agent, waypoint, self.speed).astype(np.float32)
 
     @staticmethod
